@@ -1,0 +1,1 @@
+"""Chat-ops front ends. Only this package imports slack_bolt (see the import-linter contracts)."""

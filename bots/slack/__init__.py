@@ -1,0 +1,1 @@
+"""The Slack bot (slack-bolt). Listeners arrive with the Slack chat-ops issue."""

@@ -1,0 +1,255 @@
+"""The ``drift-responder`` command."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import orjson
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from responder import logs
+from responder.intake import backends as backends_mod
+from responder.intake.parsing import BatchRejected, BodyError, parse_body
+from responder.models.times import format_ns
+from responder.settings import Settings
+from responder.store import audit, incidents, migrating
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.ensure_object(dict)["settings"]  # type: ignore[no-any-return]
+
+
+@click.group()
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
+    """drift-responder: Falco drift alerts in; incidents, evidence, decisions and actions out."""
+    logs.configure(log_level)
+    try:
+        ctx.ensure_object(dict)["settings"] = Settings()
+    except ValidationError as exc:
+        raise click.UsageError(f"bad DRIFT_* setting:\n{exc}") from None
+
+
+def _open(ctx: click.Context, *, migrate: bool | None = None) -> backends_mod.Backends:
+    try:
+        return backends_mod.open_backends(_settings(ctx), migrate=migrate)
+    except backends_mod.UNAVAILABLE as exc:
+        raise click.ClickException(f"cannot reach the store: {exc}") from None
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--insecure-no-auth", is_flag=True, help="Accept alerts without a token.")
+@click.pass_context
+def ingest(ctx: click.Context, host: str, port: int, insecure_no_auth: bool) -> None:
+    """Run the HTTP intake for Falco http_output and falcosidekick webhooks."""
+    import uvicorn
+
+    from responder.intake.app import create_app
+
+    settings = _settings(ctx)
+    if settings.ingest_token is None and not insecure_no_auth:
+        raise click.UsageError("DRIFT_INGEST_TOKEN is not set: refusing to start without "
+                               "authentication (use --insecure-no-auth for local experiments)")
+    backends = _open(ctx)
+    err.print(backends.describe())
+    app = create_app(backends, insecure_no_auth=insecure_no_auth)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning",
+                server_header=False)
+
+
+@main.command()
+@click.option("--key", default="falco", show_default=True, help="falcosidekick's list key.")
+@click.option("--name", default=None, help="Consumer name (default: hostname).")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 5000))
+@click.pass_context
+def consume(ctx: click.Context, key: str, name: str | None, batch_size: int) -> None:
+    """Consume falcosidekick's Redis list output (at least once, recorded exactly once)."""
+    import redis
+
+    from responder.intake.consuming import ListConsumer
+
+    settings = _settings(ctx)
+    if not settings.redis_url:
+        raise click.UsageError("DRIFT_REDIS_URL is not set: the consumer reads falcosidekick's "
+                               "Redis list")
+    backends = _open(ctx)
+    err.print(backends.describe())
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    consumer = ListConsumer(client, backends.recorder, key=key, name=name,
+                            batch_size=batch_size, prefix=settings.redis_prefix,
+                            max_item_bytes=settings.max_body_bytes)
+    stopping = {"now": False}
+
+    def stop(*_: Any) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    err.print(f"consuming list {key!r} as {consumer.name!r}")
+    stats = consumer.run(should_stop=lambda: stopping["now"])
+    err.print(f"stopped: {stats.recorded} alerts recorded in {stats.batches} batches, "
+              f"{stats.dead_lettered} dead-lettered to {consumer.dead_key!r}")
+
+
+@main.group()
+def db() -> None:
+    """The SQL store."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply migrations."""
+    backends = _open(ctx, migrate=False)
+    migrating.upgrade(backends.engine, revision)
+    console.print(f"schema at {migrating.current_revision(backends.engine)}")
+
+
+@main.group("incidents")
+def incidents_group() -> None:
+    """Incidents."""
+
+
+@incidents_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", default=None)
+@click.option("--limit", default=None, type=int)
+@click.pass_context
+def incidents_list(ctx: click.Context, as_json: bool, status: str | None,
+                   limit: int | None) -> None:
+    """List incidents, newest first."""
+    backends = _open(ctx)
+    with backends.engine.connect() as conn:
+        found = incidents.list_incidents(conn, status=status, limit=limit)
+    if as_json:
+        sys.stdout.write(orjson.dumps([i.to_json() for i in found]).decode() + "\n")
+        return
+    table = Table("id", "priority", "status", "alerts", "namespace/pod", "node", "rules",
+                  "last seen")
+    for i in found:
+        where = f"{i.namespace or '-'}/{i.pod or '-'}"
+        table.add_row(i.id, i.priority.label, i.status, str(i.alert_count), where,
+                      i.node or "-", ", ".join(i.rules), format_ns(i.last_seen_ns))
+    console.print(table)
+
+
+@incidents_group.command("show")
+@click.argument("incident_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def incidents_show(ctx: click.Context, incident_id: str, as_json: bool) -> None:
+    """One incident: context, rules with counts, and its alert sample."""
+    backends = _open(ctx)
+    with backends.engine.connect() as conn:
+        detail = incidents.get_incident(conn, incident_id)
+    if detail is None:
+        raise click.ClickException(f"no incident {incident_id!r}")
+    data = detail.incident.to_json() | {
+        "rule_counts": detail.rule_counts,
+        "samples": [{"ordinal": s.ordinal, "alert_id": s.alert_id, "alert": s.payload}
+                    for s in detail.samples],
+    }
+    if as_json:
+        sys.stdout.write(orjson.dumps(data).decode() + "\n")
+        return
+    i = detail.incident
+    console.print(f"[bold]{i.id}[/bold]  {i.priority.label}  {i.status}", highlight=False)
+    for label in ("key", "namespace", "pod", "node", "container_id", "image", "first_seen",
+                  "last_seen", "alert_count"):
+        console.print(f"  {label:<13} {data[label]}", markup=False, highlight=False)
+    for rule, count in detail.rule_counts.items():
+        console.print(f"  rule          {count} x {rule}", markup=False, highlight=False)
+    console.print(f"  sample        {len(detail.samples)} alerts kept", highlight=False)
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit_group.command("export")
+@click.option("--incident", "incident_id", default=None)
+@click.option("--format", "fmt", default="jsonl", type=click.Choice(["jsonl"]))
+@click.pass_context
+def audit_export(ctx: click.Context, incident_id: str | None, fmt: str) -> None:
+    """Print audit records as JSON lines, oldest first."""
+    backends = _open(ctx)
+    with backends.engine.connect() as conn:
+        for record in audit.iter_records(conn, incident_id):
+            sys.stdout.write(orjson.dumps(record.to_json()).decode() + "\n")
+
+
+@audit_group.command("verify")
+@click.pass_context
+def audit_verify(ctx: click.Context) -> None:
+    """Exit 0 when the chain is intact, 1 naming the first bad seq otherwise."""
+    backends = _open(ctx)
+    with backends.engine.connect() as conn:
+        verdict = audit.verify(conn)
+    if verdict.ok:
+        console.print(f"audit OK: {verdict.records} records, chain intact")
+        return
+    err.print(f"audit BROKEN at seq {verdict.first_bad_seq}: {verdict.reason} "
+              f"({verdict.records} records verified before it)", markup=False)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False,
+                                                                   path_type=Path))
+@click.option("--url", default=None, help="Post to this ingest (e.g. http://127.0.0.1:8080).")
+@click.option("--token", default=None, envvar="DRIFT_INGEST_TOKEN")
+@click.pass_context
+def replay(ctx: click.Context, files: tuple[Path, ...], url: str | None,
+           token: str | None) -> None:
+    """Replay alert files (JSON, JSON array or NDJSON) into an ingest, or in-process."""
+    settings = _settings(ctx)
+    backends = None if url else _open(ctx)
+    failed = False
+    for path in files:
+        body = path.read_bytes()
+        ctype = "application/x-ndjson" if path.suffix in (".ndjson", ".jsonl") \
+            else "application/json"
+        if url:
+            headers = {"Content-Type": ctype}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            response = httpx.post(url.rstrip("/") + "/v1/falco", content=body, headers=headers,
+                                  timeout=30)
+            ok = response.status_code == 202
+            failed |= not ok
+            console.print(f"{path}: {response.status_code} {response.text}", markup=False,
+                          highlight=False)
+            continue
+        assert backends is not None
+        try:
+            alerts = parse_body(body, ctype, max_items=settings.max_batch_alerts)
+        except BodyError as exc:
+            failed = True
+            err.print(f"{path}: unreadable: {exc}", markup=False)
+            continue
+        except BatchRejected as exc:
+            failed = True
+            for p in exc.problems:
+                err.print(f"{path}: item {p.index}: {p.field}: {p.message}", markup=False)
+            continue
+        result = backends.recorder.record(alerts)
+        console.print(f"{path}: {len(alerts)} alerts -> incidents {', '.join(result.incidents)}",
+                      markup=False, highlight=False)
+    if failed:
+        sys.exit(1)

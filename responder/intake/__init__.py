@@ -1,0 +1,1 @@
+"""Getting alerts in: HTTP intake, the falcosidekick Redis-list consumer, and correlation."""

@@ -1,0 +1,64 @@
+"""The Recorder: validated alerts -> correlated incidents in the store, in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from responder.intake.correlating import Correlator
+from responder.models.alerts import Alert
+from responder.models.incidents import KeySpec, incident_key, new_incident_id
+from responder.models.times import now_ns
+from responder.store import recording
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What happened to a batch: the incident of each alert, and which incidents it opened."""
+
+    incident_ids: list[str]
+    opened: list[str] = field(default_factory=list)
+    duplicate_batch: bool = False
+
+    @property
+    def incidents(self) -> list[str]:
+        """Distinct incident ids, in order of first appearance."""
+        return list(dict.fromkeys(self.incident_ids))
+
+
+class Recorder:
+    def __init__(self, engine: Engine, correlator: Correlator, key_spec: KeySpec,
+                 policy: recording.RecordingPolicy) -> None:
+        self.engine = engine
+        self.correlator = correlator
+        self.key_spec = key_spec
+        self.policy = policy
+
+    def record(self, alerts: Sequence[Alert], *, batch_id: str | None = None) -> Recorded:
+        """Record alerts; with ``batch_id``, a batch seen before is acknowledged and skipped."""
+        if not alerts:
+            return Recorded([])
+        keys = [incident_key(a, self.key_spec) for a in alerts]
+        candidates = {k: new_incident_id() for k in dict.fromkeys(keys)}
+        received = now_ns()
+        with self.engine.begin() as conn:
+            if batch_id is not None and recording.batch_already_recorded(conn, batch_id):
+                return Recorded([], duplicate_batch=True)
+            by_key = self.correlator.assign(conn, candidates, now_ns=received)
+            members: dict[str, list[Alert]] = {}
+            for key, alert in zip(keys, alerts, strict=True):
+                members.setdefault(key, []).append(alert)
+            groups = [recording.AlertGroup(by_key[k], k, a) for k, a in members.items()]
+            outcomes = recording.record_groups(conn, groups, received_ns=received,
+                                               policy=self.policy)
+            if batch_id is not None:
+                recording.mark_batch(conn, batch_id, len(alerts), received)
+        return Recorded([by_key[k] for k in keys],
+                        opened=[o.incident_id for o in outcomes if o.opened])
+
+    def flush_audit(self) -> int:
+        """Owed ``alerts.received`` records for quiet incidents (called periodically)."""
+        with self.engine.begin() as conn:
+            return recording.flush_received(conn, now_ns=now_ns(), policy=self.policy)

@@ -1,0 +1,45 @@
+"""Nanosecond timestamps. Falco times carry nanoseconds; ``datetime`` stops at microseconds, so we
+keep integers of nanoseconds since the epoch and format them ourselves."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))$"
+)
+_NS = 1_000_000_000
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """RFC 3339 text (fraction up to 9 digits, ``Z`` or an offset) -> ns since the epoch, UTC."""
+    match = _RFC3339.match(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time: {text[:64]!r}")
+    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
+    if zulu:
+        tz = UTC
+    else:
+        offset = timedelta(hours=int(off_h), minutes=int(off_m))
+        tz = timezone(-offset if sign == "-" else offset)
+    try:
+        base = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                        tzinfo=tz)
+    except ValueError as exc:
+        raise ValueError(f"not a valid time: {text[:64]!r} ({exc})") from None
+    fraction_ns = int((frac or "0").ljust(9, "0"))
+    return int(base.timestamp()) * _NS + fraction_ns
+
+
+def format_ns(ns: int) -> str:
+    """ns since the epoch -> ``2026-11-20T14:02:11.418220977Z``."""
+    seconds, fraction = divmod(ns, _NS)
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{fraction:09d}Z"
+
+
+def now_ns() -> int:
+    return time.time_ns()

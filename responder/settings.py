@@ -1,0 +1,71 @@
+"""Every knob is an environment variable with the ``DRIFT_`` prefix.
+
+One settings object is built at the edge (CLI, app factory) and passed down, so that library code
+never reads the environment itself and tests can build their own.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CorrelationKeyKind(StrEnum):
+    CONTAINER = "container"
+    POD = "pod"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFT_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".drift"), description="Where embedded state lives.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the store. Default: SQLite at $DRIFT_DATA_DIR/drift.db.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for correlation (and later the Celery broker). "
+        "Unset: the embedded correlator in the SQL store is used.",
+    )
+    redis_prefix: str = Field(default="drift:", description="Prefix of every Redis key we own.")
+    ingest_token: SecretStr | None = Field(default=None, description="Bearer token for intake.")
+    playbooks_dir: Path = Field(default=Path("playbooks"))
+    artifacts_dir: Path | None = Field(
+        default=None, description="Evidence store. Default: $DRIFT_DATA_DIR/artifacts."
+    )
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Intake body limit.")
+    max_batch_alerts: int = Field(default=10_000, ge=1)
+    correlation_key: str = Field(
+        default=CorrelationKeyKind.CONTAINER.value,
+        description="'container', 'pod', or a comma-separated list of output fields.",
+    )
+    correlation_window_seconds: float = Field(default=1800.0, gt=0)
+    audit_every_alerts: int = Field(
+        default=1000, ge=1, description="Aggregate alerts.received audit records per N alerts..."
+    )
+    audit_every_seconds: float = Field(default=60.0, gt=0, description="...or per this period.")
+    sample_first: int = Field(default=20, ge=0, description="First alerts kept per incident.")
+    sample_last: int = Field(default=20, ge=0, description="Last alerts kept per incident.")
+    auto_migrate: bool = Field(default=True, description="Upgrade the schema on start.")
+
+    @field_validator("correlation_key")
+    @classmethod
+    def _key_is_known_or_fields(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("correlation_key must not be empty")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'drift.db').resolve()}"
+
+    @property
+    def effective_artifacts_dir(self) -> Path:
+        return self.artifacts_dir or self.data_dir / "artifacts"

@@ -1,0 +1,1 @@
+"""The system of record: SQLAlchemy Core tables, Alembic migrations, the audit chain."""

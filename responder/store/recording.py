@@ -1,0 +1,264 @@
+"""Recording correlated alerts: one upsert per incident per batch, counts exact under concurrency.
+
+The incident row is upserted by id with ``alert_count = alert_count + n``; the database's row lock
+makes concurrent batches add up exactly, on SQLite and PostgreSQL alike. Whoever's upsert creates
+the row (the returned count equals its own n) writes ``incident.opened``; later alerts are folded
+into aggregated ``alerts.received`` records, so a storm does not grow the audit chain per alert.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Row, Table, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from responder.models.alerts import Alert
+from responder.models.times import format_ns
+from responder.store import audit
+from responder.store.schema import incident_alerts, incident_rules, incidents, intake_batches
+
+INTAKE_ACTOR = "intake"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertGroup:
+    """Alerts (in arrival order) that the correlator put into one incident."""
+
+    incident_id: str
+    key: str
+    alerts: Sequence[Alert]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOutcome:
+    incident_id: str
+    opened: bool
+    alert_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingPolicy:
+    sample_first: int = 20
+    sample_last: int = 20
+    audit_every_alerts: int = 1000
+    audit_every_ns: int = 60 * 1_000_000_000
+
+
+Upsert = postgresql.Insert | sqlite.Insert
+
+
+def upsert(conn: Connection, table: Table) -> Upsert:
+    """The dialect's INSERT that knows ON CONFLICT (both dialects spell it the same way)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def batch_already_recorded(conn: Connection, batch_id: str) -> bool:
+    found = conn.execute(
+        select(intake_batches.c.batch_id).where(intake_batches.c.batch_id == batch_id)
+    ).first()
+    return found is not None
+
+
+def mark_batch(conn: Connection, batch_id: str, alerts: int, received_ns: int) -> None:
+    conn.execute(intake_batches.insert().values(batch_id=batch_id, recorded_ns=received_ns,
+                                                alerts=alerts))
+
+
+def record_groups(
+    conn: Connection, groups: Sequence[AlertGroup], *, received_ns: int,
+    policy: RecordingPolicy,
+) -> list[GroupOutcome]:
+    """Record every group inside the caller's transaction; outcomes follow the input order.
+
+    A handful of multi-row statements per batch, whatever the number of incidents in it: this is
+    the intake's hot path.
+    """
+    if not groups:
+        return []
+    # Always lock incident rows in the same order, so concurrent PostgreSQL batches never deadlock.
+    ordered = sorted(groups, key=lambda g: g.incident_id)
+    returned: dict[str, Row[Any]] = {}
+    for chunk in _chunks(ordered, _ROWS_PER_STATEMENT):
+        for row in conn.execute(_incident_upsert(conn, chunk, received_ns)):
+            returned[row.id] = row
+    _record_rules(conn, ordered)
+    _record_samples(conn, ordered, {i: int(r.alert_count) for i, r in returned.items()},
+                    received_ns, policy)
+
+    outcomes: dict[str, GroupOutcome] = {}
+    entries: list[audit.AuditEntry] = []
+    for group in ordered:
+        row = returned[group.incident_id]
+        total, n = int(row.alert_count), len(group.alerts)
+        opened = total == n  # only the upsert that created the row saw a count of exactly n
+        outcomes[group.incident_id] = GroupOutcome(group.incident_id, opened, total)
+        if opened:
+            entries.append(_opened_entry(group))
+        elif (total - row.audited_count >= policy.audit_every_alerts
+              or received_ns - row.audited_at_ns >= policy.audit_every_ns):
+            entries.append(_received_entry(conn, group.incident_id, total,
+                                           int(row.audited_count), received_ns))
+    audit.append(conn, entries)
+    return [outcomes[g.incident_id] for g in groups]
+
+
+_ROWS_PER_STATEMENT = 200
+
+
+def _chunks(items: Sequence[AlertGroup], size: int) -> Iterator[Sequence[AlertGroup]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _incident_upsert(conn: Connection, groups: Sequence[AlertGroup],
+                     received_ns: int) -> Upsert:
+    values = []
+    for group in groups:
+        alerts = group.alerts
+        values.append({
+            "id": group.incident_id, "key": group.key, "status": "open",
+            "alert_count": len(alerts), "priority_rank": int(min(a.priority for a in alerts)),
+            "first_alert_id": alerts[0].alert_id,
+            "first_seen_ns": min(a.time_ns for a in alerts),
+            "last_seen_ns": max(a.time_ns for a in alerts),
+            "opened_at_ns": received_ns, "last_received_ns": received_ns,
+            "audited_count": len(alerts), "audited_at_ns": received_ns,
+            **_first_known(alerts),
+        })
+    stmt = upsert(conn, incidents).values(values)
+    ex = stmt.excluded
+    t = incidents.c
+    return stmt.on_conflict_do_update(
+        index_elements=[t.id],
+        set_={
+            "alert_count": t.alert_count + ex.alert_count,
+            "priority_rank": case((ex.priority_rank < t.priority_rank, ex.priority_rank),
+                                  else_=t.priority_rank),
+            "first_seen_ns": case((ex.first_seen_ns < t.first_seen_ns, ex.first_seen_ns),
+                                  else_=t.first_seen_ns),
+            "last_seen_ns": case((ex.last_seen_ns > t.last_seen_ns, ex.last_seen_ns),
+                                 else_=t.last_seen_ns),
+            "last_received_ns": case((ex.last_received_ns > t.last_received_ns,
+                                      ex.last_received_ns), else_=t.last_received_ns),
+            **{name: func.coalesce(t[name], ex[name]) for name in _CONTEXT_FIELDS},
+        },
+    ).returning(t.id, t.alert_count, t.audited_count, t.audited_at_ns)
+
+
+def _opened_entry(group: AlertGroup) -> audit.AuditEntry:
+    first = group.alerts[0]
+    context = {k: v for k, v in _first_known(group.alerts).items() if v is not None}
+    return audit.AuditEntry(
+        kind="incident.opened", actor=INTAKE_ACTOR, incident_id=group.incident_id,
+        data={"key": group.key, "alerts": len(group.alerts), "first_alert_id": first.alert_id,
+              "rule": first.rule, "priority": first.priority.label,
+              "time": format_ns(first.time_ns), **context},
+    )
+
+
+def _received_entry(conn: Connection, incident_id: str, total: int, audited: int,
+                    received_ns: int) -> audit.AuditEntry:
+    conn.execute(update(incidents).where(incidents.c.id == incident_id)
+                 .values(audited_count=total, audited_at_ns=received_ns))
+    rules = [r.rule for r in conn.execute(
+        select(incident_rules.c.rule).where(incident_rules.c.incident_id == incident_id)
+        .order_by(incident_rules.c.first_seen_ns, incident_rules.c.rule))]
+    return audit.AuditEntry(
+        kind="alerts.received", actor=INTAKE_ACTOR, incident_id=incident_id,
+        data={"alerts": total - audited, "total": total, "rules": rules},
+    )
+
+
+def flush_received(conn: Connection, *, now_ns: int, policy: RecordingPolicy) -> int:
+    """Write the ``alerts.received`` records that quiet incidents still owe (a periodic sweep)."""
+    due = conn.execute(
+        select(incidents.c.id, incidents.c.alert_count, incidents.c.audited_count)
+        .where(incidents.c.alert_count > incidents.c.audited_count)
+        .where(incidents.c.audited_at_ns <= now_ns - policy.audit_every_ns)
+        .order_by(incidents.c.id)
+        .with_for_update()
+    ).all()
+    entries = [_received_entry(conn, row.id, int(row.alert_count), int(row.audited_count), now_ns)
+               for row in due]
+    audit.append(conn, entries)
+    return len(entries)
+
+
+_CONTEXT_FIELDS = ("namespace", "pod", "pod_uid", "node", "container_id", "container_full_id",
+                   "container_name", "image")
+
+
+def _first_known(alerts: Sequence[Alert]) -> dict[str, Any]:
+    """Each context field from the first alert that has it (older alerts may lack some)."""
+    found: dict[str, Any] = dict.fromkeys(_CONTEXT_FIELDS)
+    for alert in alerts:
+        for name in _CONTEXT_FIELDS:
+            if found[name] is None:
+                found[name] = getattr(alert, name)
+        if all(v is not None for v in found.values()):
+            break
+    return found
+
+
+def _record_rules(conn: Connection, groups: Sequence[AlertGroup]) -> None:
+    values = []
+    for group in groups:
+        counts = Counter(a.rule for a in group.alerts)
+        firsts: dict[str, Alert] = {}
+        for alert in group.alerts:
+            firsts.setdefault(alert.rule, alert)
+        values.extend(
+            {"incident_id": group.incident_id, "rule": rule, "count": count,
+             "priority_rank": int(firsts[rule].priority), "first_seen_ns": firsts[rule].time_ns}
+            for rule, count in sorted(counts.items()))
+    r = incident_rules.c
+    for start in range(0, len(values), _ROWS_PER_STATEMENT):
+        stmt = upsert(conn, incident_rules).values(values[start:start + _ROWS_PER_STATEMENT])
+        ex = stmt.excluded
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[r.incident_id, r.rule],
+            set_={"count": r.count + ex.count,
+                  "priority_rank": case((ex.priority_rank < r.priority_rank, ex.priority_rank),
+                                        else_=r.priority_rank),
+                  "first_seen_ns": case((ex.first_seen_ns < r.first_seen_ns, ex.first_seen_ns),
+                                        else_=r.first_seen_ns)},
+        ))
+
+
+def _record_samples(conn: Connection, groups: Sequence[AlertGroup], totals: dict[str, int],
+                    received_ns: int, policy: RecordingPolicy) -> None:
+    values: list[dict[str, Any]] = []
+    for group in groups:
+        total = totals[group.incident_id]
+        start = total - len(group.alerts) + 1  # this batch's alerts are ordinals start..total
+        rows: dict[int, dict[str, Any]] = {}
+        for index, alert in enumerate(group.alerts):
+            ordinal = start + index
+            if ordinal <= policy.sample_first:
+                slot = ordinal - 1
+            elif policy.sample_last and ordinal > total - policy.sample_last:
+                slot = (policy.sample_first
+                        + (ordinal - policy.sample_first - 1) % policy.sample_last)
+            else:
+                continue
+            rows[slot] = {"incident_id": group.incident_id, "slot": slot, "ordinal": ordinal,
+                          "alert_id": alert.alert_id, "received_ns": received_ns,
+                          "payload": orjson.dumps(alert.raw).decode()}
+        values.extend(rows.values())
+    s = incident_alerts.c
+    for start in range(0, len(values), _ROWS_PER_STATEMENT):
+        stmt = upsert(conn, incident_alerts).values(values[start:start + _ROWS_PER_STATEMENT])
+        ex = stmt.excluded
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[s.incident_id, s.slot],
+            set_={"ordinal": ex.ordinal, "alert_id": ex.alert_id, "received_ns": ex.received_ns,
+                  "payload": ex.payload},
+            where=ex.ordinal > s.ordinal,
+        ))

@@ -1,0 +1,120 @@
+"""Table definitions. Times are integers of nanoseconds since the epoch (UTC): Falco times carry
+nanoseconds, and integers compare the same way on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("key", String(600), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("alert_count", BigInteger, nullable=False),
+    Column("priority_rank", SmallInteger, nullable=False),
+    Column("namespace", String(256)),
+    Column("pod", String(256)),
+    Column("pod_uid", String(64)),
+    Column("node", String(256)),
+    Column("container_id", String(128)),
+    Column("container_full_id", String(64)),
+    Column("container_name", String(256)),
+    Column("image", String(1024)),
+    Column("first_alert_id", String(128), nullable=False),
+    Column("first_seen_ns", BigInteger, nullable=False),
+    Column("last_seen_ns", BigInteger, nullable=False),
+    # Server clock, not alert clock: the correlation window runs on what we observed.
+    Column("opened_at_ns", BigInteger, nullable=False),
+    Column("last_received_ns", BigInteger, nullable=False),
+    # How much of alert_count the audit trail already accounts for (alerts.received records).
+    Column("audited_count", BigInteger, nullable=False),
+    Column("audited_at_ns", BigInteger, nullable=False),
+    Index("ix_incidents_key_last_received", "key", "last_received_ns"),
+    Index("ix_incidents_opened_at", "opened_at_ns"),
+)
+
+incident_rules = Table(
+    "incident_rules",
+    metadata,
+    Column("incident_id", String(26), ForeignKey("incidents.id"), primary_key=True),
+    Column("rule", String(1024), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("priority_rank", SmallInteger, nullable=False),
+    Column("first_seen_ns", BigInteger, nullable=False),
+)
+
+#: A bounded sample per incident: slots [0, first) keep the first alerts, the next ``last`` slots
+#: are a ring that keeps the latest ones (the highest ordinal wins a slot).
+incident_alerts = Table(
+    "incident_alerts",
+    metadata,
+    Column("incident_id", String(26), ForeignKey("incidents.id"), primary_key=True),
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+    Column("ordinal", BigInteger, nullable=False),
+    Column("alert_id", String(128), nullable=False),
+    Column("received_ns", BigInteger, nullable=False),
+    Column("payload", Text, nullable=False),
+)
+
+#: The embedded correlator's key -> incident map (the Redis correlator keeps it in Redis).
+correlation_slots = Table(
+    "correlation_slots",
+    metadata,
+    Column("key", String(600), primary_key=True),
+    Column("incident_id", String(26), nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+)
+
+#: Batches already recorded, so that a redelivered batch (consumer crash after commit) is a no-op.
+intake_batches = Table(
+    "intake_batches",
+    metadata,
+    Column("batch_id", String(128), primary_key=True),
+    Column("recorded_ns", BigInteger, nullable=False),
+    Column("alerts", Integer, nullable=False),
+)
+
+#: Append-only. Triggers (see the migration) refuse UPDATE and DELETE.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("time", String(40), nullable=False),
+    Column("incident_id", String(26), index=True),
+    Column("actor", String(256), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+#: The last seq and hash, written in the same transaction as each append: without it, deleting
+#: the newest records would leave a shorter chain that still verifies.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)

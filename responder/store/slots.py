@@ -1,0 +1,52 @@
+"""Key -> incident lookups in the SQL store: the embedded correlator's map, and the rebuild of the
+Redis correlator's map after Redis lost it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sqlalchemy import Connection, case, select
+
+from responder.store.recording import upsert
+from responder.store.schema import correlation_slots, incidents
+
+
+def assign(conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
+           window_ns: int) -> dict[str, str]:
+    """Atomically map each key to its live incident, or to its candidate id when it has none.
+
+    One upsert per key: a live slot keeps its incident and slides its window; an expired or
+    missing slot takes the candidate. Row locks (PostgreSQL) or the single writer (SQLite) make
+    concurrent callers agree.
+    """
+    out: dict[str, str] = {}
+    s = correlation_slots.c
+    keys = sorted(candidates)  # fixed lock order across concurrent batches
+    for start in range(0, len(keys), 500):
+        stmt = upsert(conn, correlation_slots).values([
+            {"key": key, "incident_id": candidates[key], "expires_ns": now_ns + window_ns}
+            for key in keys[start:start + 500]
+        ])
+        ex = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[s.key],
+            set_={"incident_id": case((s.expires_ns <= now_ns, ex.incident_id),
+                                      else_=s.incident_id),
+                  "expires_ns": case((ex.expires_ns > s.expires_ns, ex.expires_ns),
+                                     else_=s.expires_ns)},
+        ).returning(s.key, s.incident_id)
+        out.update({row.key: row.incident_id for row in conn.execute(stmt)})
+    return out
+
+
+def live_incidents(conn: Connection, keys: list[str], *, since_ns: int) -> dict[str, str]:
+    """The newest incident per key that received an alert at or after ``since_ns``."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        select(incidents.c.key, incidents.c.id)
+        .where(incidents.c.key.in_(keys))
+        .where(incidents.c.last_received_ns >= since_ns)
+        .order_by(incidents.c.opened_at_ns)
+    )
+    return {row.key: row.id for row in rows}
