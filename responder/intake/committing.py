@@ -8,6 +8,7 @@ not with the number of transactions, and no request is answered before its data 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,10 +36,8 @@ class GroupCommitter:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         while not self._queue.empty():  # nobody will commit these: let their requests fail
             pending = self._queue.get_nowait()
@@ -64,7 +63,7 @@ class GroupCommitter:
             alerts = [a for p in batch for a in p.alerts]
             try:
                 result: Recorded = await asyncio.to_thread(self.recorder.record, alerts)
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            except Exception as exc:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)

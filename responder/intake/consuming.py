@@ -105,7 +105,7 @@ class ListConsumer:
         self.stats = ConsumerStats()
 
     def run(self, *, should_stop: Callable[[], bool] = lambda: False,
-            idle_timeout_s: float = 1.0) -> ConsumerStats:
+            idle_timeout_s: int = 1) -> ConsumerStats:
         """Consume until ``should_stop()``; backs off (never drops) while a backend is down."""
         backoff = 0.5
         last_orphan_scan = 0.0

@@ -42,7 +42,7 @@ def canonical_data(data: dict[str, Any]) -> str:
 
 
 def record_hash(
-    seq: int, time: str, incident_id: str | None, actor: str, kind: str, data_json: str,
+    *, seq: int, time: str, incident_id: str | None, actor: str, kind: str, data_json: str,
     prev_hash: str,
 ) -> str:
     """sha256 over the canonical record including the previous hash."""

@@ -46,8 +46,9 @@ def append(conn: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]
     for entry in entries:
         seq += 1
         data_json = canonical_data(entry.data)
-        digest = record_hash(seq, stamp, entry.incident_id, entry.actor, entry.kind, data_json,
-                             prev)
+        digest = record_hash(seq=seq, time=stamp, incident_id=entry.incident_id,
+                             actor=entry.actor, kind=entry.kind, data_json=data_json,
+                             prev_hash=prev)
         records.append(AuditRecord(seq, stamp, entry.incident_id, entry.actor, entry.kind,
                                    entry.data, prev, digest))
         prev = digest
@@ -99,8 +100,9 @@ def verify(conn: Connection) -> Verdict:
         if row.prev_hash != prev:
             return Verdict(False, count, row.seq,
                            "prev_hash does not match the previous record's hash")
-        digest = record_hash(row.seq, row.time, row.incident_id, row.actor, row.kind, row.data,
-                             row.prev_hash)
+        digest = record_hash(seq=row.seq, time=row.time, incident_id=row.incident_id,
+                             actor=row.actor, kind=row.kind, data_json=row.data,
+                             prev_hash=row.prev_hash)
         if digest != row.hash:
             return Verdict(False, count, row.seq, "content does not match its hash")
         prev = row.hash

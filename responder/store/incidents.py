@@ -58,11 +58,12 @@ def _rules_by_incident(conn: Connection, ids: list[str]) -> dict[str, dict[str, 
     for chunk_start in range(0, len(ids), 500):
         chunk = ids[chunk_start:chunk_start + 500]
         rows = conn.execute(
-            select(incident_rules.c.incident_id, incident_rules.c.rule, incident_rules.c.count)
+            select(incident_rules.c.incident_id, incident_rules.c.rule,
+                   incident_rules.c.count.label("n"))
             .where(incident_rules.c.incident_id.in_(chunk))
             .order_by(incident_rules.c.first_seen_ns, incident_rules.c.rule))
         for r in rows:
-            out.setdefault(r.incident_id, {})[r.rule] = int(r.count)
+            out.setdefault(r.incident_id, {})[r.rule] = int(r.n)
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Row, Table, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import ReturningInsert
 
 from responder.models.alerts import Alert
 from responder.models.times import format_ns
@@ -118,7 +119,7 @@ def _chunks(items: Sequence[AlertGroup], size: int) -> Iterator[Sequence[AlertGr
 
 
 def _incident_upsert(conn: Connection, groups: Sequence[AlertGroup],
-                     received_ns: int) -> Upsert:
+                     received_ns: int) -> ReturningInsert[Any]:
     values = []
     for group in groups:
         alerts = group.alerts
@@ -208,7 +209,7 @@ def _first_known(alerts: Sequence[Alert]) -> dict[str, Any]:
 
 
 def _record_rules(conn: Connection, groups: Sequence[AlertGroup]) -> None:
-    values = []
+    values: list[dict[str, Any]] = []
     for group in groups:
         counts = Counter(a.rule for a in group.alerts)
         firsts: dict[str, Alert] = {}

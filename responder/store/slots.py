@@ -28,14 +28,14 @@ def assign(conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
             for key in keys[start:start + 500]
         ])
         ex = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
+        returning = stmt.on_conflict_do_update(
             index_elements=[s.key],
             set_={"incident_id": case((s.expires_ns <= now_ns, ex.incident_id),
                                       else_=s.incident_id),
                   "expires_ns": case((ex.expires_ns > s.expires_ns, ex.expires_ns),
                                      else_=s.expires_ns)},
         ).returning(s.key, s.incident_id)
-        out.update({row.key: row.incident_id for row in conn.execute(stmt)})
+        out.update({row.key: row.incident_id for row in conn.execute(returning)})
     return out
 
 

@@ -1,0 +1,1 @@
+"""Test infrastructure shared by the suites: servers, samples, and database helpers."""
