@@ -21,8 +21,8 @@ from responder.models.times import format_ns
 from responder.settings import Settings
 from responder.store import audit, incidents, migrating
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _settings(ctx: click.Context) -> Settings:

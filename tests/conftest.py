@@ -52,9 +52,9 @@ def _truncate_postgres(url: str) -> None:
 
 
 @pytest.fixture
-def postgres_url(postgres_session_url: str) -> Iterator[str]:
+def postgres_url(postgres_session_url: str) -> str:
     _truncate_postgres(postgres_session_url)
-    yield postgres_session_url
+    return postgres_session_url
 
 
 @pytest.fixture

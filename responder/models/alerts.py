@@ -122,7 +122,7 @@ def parse_alert(item: object) -> Alert:
         payload = FalcoPayload.model_validate(item)
     except ValidationError as exc:
         raise InvalidAlert(
-            [Problem(_location(err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
+            [Problem(_location(err["loc"]), _message(err)) for err in exc.errors(include_url=False)]
         ) from None
     return normalise(payload, item)
 
@@ -209,6 +209,12 @@ def _text(value: FieldValue) -> str | None:
         return None
     text = str(value)
     return None if text in ("", MISSING) else text
+
+
+def _message(error: Any) -> str:
+    """Pydantic's message, without its "Value error, " prefix on our own validators' reasons."""
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

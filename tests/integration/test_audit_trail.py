@@ -1,7 +1,8 @@
-"""The audit chain on SQLite and PostgreSQL: appends link, tampering is found, writers never fork."""
+"""The audit chain on SQLite and PostgreSQL: appends link, tampering is found, no fork."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -49,7 +50,7 @@ def test_appended_records_link_into_a_chain_that_verifies(engine: Engine) -> Non
         records = list(audit.iter_records(conn))
     assert [r.seq for r in records] == [1, 2, 3, 4, 5]
     assert records[0].prev_hash == "0" * 64
-    assert all(b.prev_hash == a.hash for a, b in zip(records, records[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(records))
     assert _verify(engine) == audit.Verdict(True, 5)
 
 
