@@ -29,6 +29,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _RUNTIME_PREFIX = re.compile(r"^[a-z0-9.-]+://")
 
 MAX_OUTPUT_FIELDS = 1024
+#: Falco payloads are a few levels deep; anything deeper is refused before it is hashed or stored.
+MAX_DEPTH = 16
 
 
 class FalcoPayload(BaseModel):
@@ -118,6 +120,8 @@ def parse_alert(item: object) -> Alert:
     if not isinstance(item, dict):
         kind = type(item).__name__ if item is not None else "null"
         raise InvalidAlert([Problem("(item)", f"an alert must be a JSON object, not {kind}")])
+    if _depth_exceeds(item, MAX_DEPTH):
+        raise InvalidAlert([Problem("(item)", f"nested deeper than {MAX_DEPTH} levels")])
     try:
         payload = FalcoPayload.model_validate(item)
     except ValidationError as exc:
@@ -158,6 +162,20 @@ def stable_alert_id(raw: dict[str, Any]) -> str:
     """Same payload, same id: a hash of the canonical JSON (sorted keys, compact)."""
     canonical = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
     return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def _depth_exceeds(value: object, limit: int) -> bool:
+    """Iterative, so that a hostile payload cannot exhaust the stack while being measured."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(current, dict):
+            stack.extend((v, depth + 1) for v in current.values())
+        elif isinstance(current, list):
+            stack.extend((v, depth + 1) for v in current)
+    return False
 
 
 def _container_ids(fields: dict[str, FieldValue]) -> tuple[str | None, str | None]:

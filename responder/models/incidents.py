@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from responder.models.alerts import Alert
 from responder.models.priorities import Priority
 from responder.models.times import format_ns
@@ -48,8 +50,9 @@ def incident_key(alert: Alert, spec: KeySpec) -> str:
     if spec.kind == "pod" and alert.namespace and alert.pod:
         return f"pod:{alert.namespace}/{alert.pod}"
     if spec.kind == "fields":
-        values = [f"{name}={alert.fields.get(name)!s}" for name in spec.fields]
-        digest = hashlib.sha256("\x1f".join(values).encode()).hexdigest()[:32]
+        # Typed JSON, not joined text: no separator or "None" text can make two keys collide.
+        values = [[name, alert.fields.get(name)] for name in spec.fields]
+        digest = hashlib.sha256(orjson.dumps(values)).hexdigest()[:32]
         return f"fields:{digest}"
     if alert.container_full_id:
         return f"container:{alert.container_full_id}"

@@ -8,8 +8,8 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))$"
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):?([0-9]{2}))$"
 )
 _NS = 1_000_000_000
 
@@ -23,6 +23,8 @@ def parse_rfc3339_ns(text: str) -> int:
     if zulu:
         tz = UTC
     else:
+        if int(off_h) > 23 or int(off_m) > 59:
+            raise ValueError(f"not a valid UTC offset: {text[:64]!r}")
         offset = timedelta(hours=int(off_h), minutes=int(off_m))
         tz = timezone(-offset if sign == "-" else offset)
     try:
