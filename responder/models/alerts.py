@@ -125,9 +125,7 @@ def parse_alert(item: object) -> Alert:
     try:
         payload = FalcoPayload.model_validate(item)
     except ValidationError as exc:
-        raise InvalidAlert(
-            [Problem(_location(err["loc"]), _message(err)) for err in exc.errors(include_url=False)]
-        ) from None
+        raise InvalidAlert(_problems(exc)) from None
     return normalise(payload, item)
 
 
@@ -227,6 +225,21 @@ def _text(value: FieldValue) -> str | None:
         return None
     text = str(value)
     return None if text in ("", MISSING) else text
+
+
+def _problems(exc: ValidationError) -> list[Problem]:
+    """One problem per bad place: a bad output field value fails every member of the value
+    union, and the sender needs to hear about it once."""
+    problems: dict[str, Problem] = {}
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        if len(loc) > 2 and loc[0] == "output_fields":
+            where = _location(loc[:2])
+            message = "must be a string, number, boolean, null, or a list of those"
+        else:
+            where, message = _location(loc), _message(err)
+        problems.setdefault(where, Problem(where, message))
+    return list(problems.values())
 
 
 def _message(error: Any) -> str:

@@ -573,3 +573,13 @@ def test_every_problem_of_one_alert_is_reported_together() -> None:
 def test_invalid_alert_message_lists_field_and_reason() -> None:
     with pytest.raises(InvalidAlert, match=r"^rule: Field required$"):
         parse_alert(_drop("rule"))
+
+
+def test_a_bad_output_field_value_is_reported_once_with_a_plain_reason() -> None:
+    raw = load("sidekick-drop-and-execute.json")
+    raw["output_fields"]["k8s.pod.name"] = {"nested": True}
+    with pytest.raises(InvalidAlert) as caught:
+        parse_alert(raw)
+    assert [(p.field, p.message) for p in caught.value.problems] == [
+        ("output_fields['k8s.pod.name']",
+         "must be a string, number, boolean, null, or a list of those")]
