@@ -173,18 +173,40 @@ def machine_busy() -> tuple[float, float]:
     return float(sum(values) - idle), float(sum(values))
 
 
+def all_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, user + system CPU seconds) for every process we can read."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        head, _, rest = raw.rpartition(")")
+        fields = rest.split()
+        out[int(entry)] = (head.split("(", 1)[1],
+                           (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
 class CpuMeter:
-    """CPU used by the ingest and by the whole machine between start() and stop()."""
+    """CPU used by the ingest, by the other busy processes and by the whole machine between
+    start() and stop() (to tell a CPU-bound ingest from a contended machine)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.ingest_pct = 0.0
         self.machine_pct = 0.0
+        self.others: list[tuple[str, float]] = []
 
     def start(self) -> None:
         self._t = time.perf_counter()
         self._cpu = cpu_seconds(self.pid)
         self._busy = machine_busy()
+        self._all = all_cpu_seconds()
 
     def stop(self) -> None:
         wall = time.perf_counter() - self._t
@@ -192,11 +214,21 @@ class CpuMeter:
         busy, total = machine_busy()
         cores = os.cpu_count() or 1
         self.machine_pct = 100 * cores * (busy - self._busy[0]) / max(1.0, total - self._busy[1])
+        groups: dict[str, float] = {}
+        for pid, (name, seconds) in all_cpu_seconds().items():
+            if pid == self.pid:
+                continue
+            before = self._all.get(pid)
+            used = seconds - before[1] if before and before[0] == name else seconds
+            groups[name] = groups.get(name, 0.0) + used
+        self.others = sorted(((n, 100 * s / wall) for n, s in groups.items() if s > 0),
+                             key=lambda x: -x[1])[:5]
 
     def describe(self) -> str:
         cores = os.cpu_count() or 1
+        others = ", ".join(f"{n} {p:.0f}%" for n, p in self.others if p >= 1) or "none"
         return (f"ingest process CPU {self.ingest_pct:.0f}% of one core; whole machine "
-                f"{self.machine_pct:.0f}% of {cores * 100}%")
+                f"{self.machine_pct:.0f}% of {cores * 100}% (other processes: {others})")
 
 
 # -------------------------------------------------------------------------------------- alerts

@@ -1,0 +1,1 @@
+"""The playbook language: schema, loading with line numbers, inspecting (lint), matching."""
