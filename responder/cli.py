@@ -253,3 +253,114 @@ def replay(ctx: click.Context, files: tuple[Path, ...], url: str | None,
                       markup=False, highlight=False)
     if failed:
         sys.exit(1)
+
+
+@main.group()
+def playbooks() -> None:
+    """Playbooks: schema, lint, rehearsals."""
+
+
+@playbooks.command("schema")
+def playbooks_schema() -> None:
+    """Print the playbook JSON Schema (for editors)."""
+    from responder.playbooks.schema import json_schema
+
+    sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@playbooks.command("lint")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.pass_context
+def playbooks_lint(ctx: click.Context, paths: tuple[Path, ...]) -> None:
+    """Report every problem as file:line:column; exit 1 when there is any."""
+    from responder.playbooks.inspecting import lint_paths
+    from responder.plugins.registry import load_all
+
+    targets = list(paths) or [_settings(ctx).playbooks_dir]
+    missing = [p for p in targets if not p.exists()]
+    if missing:
+        raise click.UsageError(f"no such file or directory: {', '.join(map(str, missing))}")
+    report = lint_paths(targets, _catalog(load_all(_settings(ctx).plugin_module_list)))
+    for problem in report.problems:
+        sys.stdout.write(f"{problem}\n")
+    count = len(report.loaded)
+    if report.problems:
+        err.print(f"{len(report.problems)} problem(s) in {count} playbook file(s)")
+        sys.exit(1)
+    err.print(f"{count} playbook file(s) OK")
+
+
+@playbooks.command("test")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.pass_context
+def playbooks_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
+    """Run rehearsals (default: <playbooks dir>/rehearsals) with no broker and no cluster."""
+    from responder.conducting.rehearsing import fixture_files, load_fixture, rehearse
+    from responder.playbooks.inspecting import lint_paths
+    from responder.plugins.registry import load_all
+
+    settings = _settings(ctx)
+    plugins = load_all(settings.plugin_module_list)
+    report = lint_paths([settings.playbooks_dir], _catalog(plugins))
+    if report.problems:
+        for problem in report.problems:
+            sys.stdout.write(f"{problem}\n")
+        err.print("fix the lint problems first")
+        sys.exit(1)
+    by_name = {p.name: p for p in report.playbooks}
+    files = fixture_files(list(paths) or [settings.playbooks_dir / "rehearsals"])
+    if not files:
+        raise click.ClickException("no rehearsal fixtures found")
+    failed = 0
+    for file in files:
+        fixture, fixture_problems = load_fixture(file)
+        if fixture is None:
+            failed += 1
+            for text in fixture_problems:
+                sys.stdout.write(f"FAIL {text}\n")
+            continue
+        result = rehearse(fixture, file, by_name, {p.name: p for p in plugins})
+        mark = "ok  " if result.ok else "FAIL"
+        sys.stdout.write(f"{mark} {file}: {result.name}\n")
+        for text in result.problems:
+            sys.stdout.write(f"     {text}\n")
+        failed += not result.ok
+    err.print(f"{len(files) - failed} passed, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def actions() -> None:
+    """Plug-ins that playbook steps can use."""
+
+
+@actions.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def actions_list(ctx: click.Context, as_json: bool) -> None:
+    """Every plug-in with what it does, whether it changes the cluster, RBAC and an example."""
+    from responder.plugins.registry import load_all
+
+    plugins = list(load_all(_settings(ctx).plugin_module_list))
+    if as_json:
+        sys.stdout.write(orjson.dumps([{
+            "name": p.name, "description": p.description, "changes_cluster": p.changes_cluster,
+            "approval": p.is_approval, "rbac": [vars_(r) for r in p.rbac],
+            "params": p.params.model_json_schema(), "example": dict(p.example),
+        } for p in plugins]).decode() + "\n")
+        return
+    table = Table("name", "changes cluster", "description", "example `with`")
+    for p in plugins:
+        table.add_row(p.name, "yes" if p.changes_cluster else "no", p.description,
+                      orjson.dumps(dict(p.example)).decode())
+    console.print(table)
+
+
+def vars_(rule: Any) -> dict[str, Any]:
+    return {"apiGroups": list(rule.api_groups), "resources": list(rule.resources),
+            "verbs": list(rule.verbs)}
+
+
+def _catalog(plugins: Any) -> dict[str, Any]:
+    return {p.name: p for p in plugins}

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     sample_first: int = Field(default=20, ge=0, description="First alerts kept per incident.")
     sample_last: int = Field(default=20, ge=0, description="Last alerts kept per incident.")
     auto_migrate: bool = Field(default=True, description="Upgrade the schema on start.")
+    plugin_modules: str = Field(default="", description="Extra plug-in modules to import "
+                                "(comma-separated), besides the entry point group.")
 
     @field_validator("correlation_key")
     @classmethod
@@ -59,6 +61,10 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("correlation_key must not be empty")
         return value
+
+    @property
+    def plugin_module_list(self) -> list[str]:
+        return [m.strip() for m in self.plugin_modules.split(",") if m.strip()]
 
     @property
     def effective_database_url(self) -> str:
