@@ -154,7 +154,8 @@ def rehearse(fixture: Fixture, file: Path, playbooks: Mapping[str, Playbook],
                                              directive.data["attempt"] + 1,
                                              directive.data["retry_at_ns"]))
             elif isinstance(directive, ev.RunStep):
-                queue.append(_run(directive, fixture, attempts, plugins, context, report, now))
+                queue.append(_run(directive, fixture, attempts, plugins=plugins,
+                                  context=context, report=report, now=now))
             elif isinstance(directive, ev.RequestApproval):
                 spec = fixture.decisions.get(directive.step_id)
                 if spec is None:
@@ -182,7 +183,7 @@ def rehearse(fixture: Fixture, file: Path, playbooks: Mapping[str, Playbook],
     return report
 
 
-def _run(directive: ev.RunStep, fixture: Fixture, attempts: dict[str, int],
+def _run(directive: ev.RunStep, fixture: Fixture, attempts: dict[str, int], *,
          plugins: Mapping[str, Plugin], context: Mapping[str, Any], report: Rehearsal,
          now: int) -> ev.Event:
     sid = directive.step_id
