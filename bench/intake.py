@@ -1,6 +1,6 @@
 """Intake benchmarks: a real ``drift-responder ingest`` process, load from separate processes.
 
-    .venv/bin/python bench/intake.py            # everything, full size (~3 minutes)
+    .venv/bin/python bench/intake.py            # everything, full size (~4 minutes)
     .venv/bin/python bench/intake.py --quick    # smoke test, well under a minute
     .venv/bin/python bench/intake.py --only storm
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -44,7 +45,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ MB = 1024 * 1024
 
 # --------------------------------------------------------------------------------------- config
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Config:
     quick: bool
     warmup_s: int
@@ -89,7 +89,7 @@ class Config:
                    storm_total=1_000_000, storm_batch=5000, storm_concurrency=2)
 
 
-@dataclass
+@dataclasses.dataclass
 class Row:
     figure: str
     measured: str
@@ -101,10 +101,10 @@ class Row:
         return "-" if self.met is None else "yes" if self.met else "**NO**"
 
 
-@dataclass
+@dataclasses.dataclass
 class Report:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -321,7 +321,7 @@ def embedded_backends(workdir: Path) -> Iterator[dict[str, str]]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-@dataclass
+@dataclasses.dataclass
 class Ingest:
     proc: subprocess.Popen[bytes]
     base_url: str
@@ -420,7 +420,7 @@ def ensure_wrk() -> str:
     return found
 
 
-@dataclass
+@dataclasses.dataclass
 class WrkResult:
     requests: int
     duration_s: float
@@ -655,6 +655,14 @@ def bench_storm(cfg: Config, report: Report, workdir: Path, profiler: Profiler) 
     report.add(Row("Storm: `drift-responder audit verify`",
                    (verdict[-1] if verdict else f"exit {verified.returncode}"), "passes",
                    verified.returncode == 0))
+    if len(samples) >= 4:
+        # Working set vs leak: growth from 10% of the storm's duration to its end.
+        cut = samples[-1][0] * 0.1
+        early = next(r for t, r in samples if t >= cut)
+        late = samples[-1][1]
+        report.add(Row("Storm: ingest RSS from 10% of the storm to its end (leak check)",
+                       f"{early / MB:.0f} MB -> {late / MB:.0f} MB "
+                       f"({(late - early) / MB:+.0f} MB)"))
     trajectory = _trajectory(samples)
     report.note(f"{name}: {storm['accepted']:,} of {storm['sent']:,} alerts accepted in "
                 f"{storm['batches']} requests, {storm['elapsed_s']:.1f} s, statuses "
@@ -776,11 +784,21 @@ def main() -> int:
                              "full run of every benchmark, nowhere otherwise)")
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None, metavar="DIR",
                         help="also sample the ingest with py-spy (raw collapsed stacks) into DIR")
+    parser.add_argument("--duration", type=int, default=None,
+                        help="seconds per measured wrk run (default 20, 3 with --quick)")
+    parser.add_argument("--storm-total", type=int, default=None,
+                        help="alerts in the storm (default 1,000,000, 20,000 with --quick)")
+    parser.add_argument("--storm-batch", type=int, default=None,
+                        help="alerts per storm request (default 5,000)")
     args = parser.parse_args()
     cfg = Config.make(args.quick)
+    overrides = {"duration_s": args.duration, "storm_total": args.storm_total,
+                 "storm_batch": args.storm_batch}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    customised = any(v is not None for v in overrides.values())
     selected = [b for b in BENCHMARKS if not args.only or b in args.only]
     results_path = args.results
-    if results_path is None and not args.quick and not args.only:
+    if results_path is None and not args.quick and not args.only and not customised:
         results_path = DEFAULT_RESULTS
 
     started = dt.datetime.now(dt.UTC)

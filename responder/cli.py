@@ -20,6 +20,7 @@ from responder.intake.parsing import BatchRejected, BodyError, parse_body
 from responder.models.times import format_ns
 from responder.settings import Settings
 from responder.store import audit, incidents, migrating
+from responder.store import runs as runs_store
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -42,11 +43,39 @@ def main(ctx: click.Context, log_level: str) -> None:
         raise click.UsageError(f"bad DRIFT_* setting:\n{exc}") from None
 
 
-def _open(ctx: click.Context, *, migrate: bool | None = None) -> backends_mod.Backends:
+def _open(ctx: click.Context, *, migrate: bool | None = None,
+          with_runs: bool = False) -> backends_mod.Backends:
+    """Backends; ``with_runs`` also loads the playbooks so that new incidents start runs."""
+    settings = _settings(ctx)
+    planner = dispatcher = None
+    if with_runs:
+        from responder.intake.planning import RunPlanner
+        from responder.workers.app import CeleryDispatcher, make_celery
+
+        planner = RunPlanner(_load_playbooks(settings))
+        dispatcher = CeleryDispatcher(make_celery(settings))
     try:
-        return backends_mod.open_backends(_settings(ctx), migrate=migrate)
+        return backends_mod.open_backends(settings, migrate=migrate, planner=planner,
+                                          dispatcher=dispatcher)
     except backends_mod.UNAVAILABLE as exc:
         raise click.ClickException(f"cannot reach the store: {exc}") from None
+
+
+def _load_playbooks(settings: Settings) -> list[Any]:
+    """The playbooks, or a refusal listing every lint problem: a broken playbook never runs."""
+    from responder.playbooks.inspecting import lint_paths
+    from responder.plugins.registry import load_all
+
+    if not settings.playbooks_dir.is_dir():
+        err.print(f"no playbooks directory at {settings.playbooks_dir}: incidents will open "
+                  "without runs", markup=False)
+        return []
+    report = lint_paths([settings.playbooks_dir],
+                        _catalog(load_all(settings.plugin_module_list)))
+    if report.problems:
+        raise click.ClickException("playbooks have problems:\n" + "\n".join(
+            str(p) for p in report.problems))
+    return report.playbooks
 
 
 @main.command()
@@ -64,7 +93,7 @@ def ingest(ctx: click.Context, host: str, port: int, insecure_no_auth: bool) -> 
     if settings.ingest_token is None and not insecure_no_auth:
         raise click.UsageError("DRIFT_INGEST_TOKEN is not set: refusing to start without "
                                "authentication (use --insecure-no-auth for local experiments)")
-    backends = _open(ctx)
+    backends = _open(ctx, with_runs=True)
     err.print(backends.describe())
     app = create_app(backends, insecure_no_auth=insecure_no_auth)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning",
@@ -86,7 +115,7 @@ def consume(ctx: click.Context, key: str, name: str | None, batch_size: int) -> 
     if not settings.redis_url:
         raise click.UsageError("DRIFT_REDIS_URL is not set: the consumer reads falcosidekick's "
                                "Redis list")
-    backends = _open(ctx)
+    backends = _open(ctx, with_runs=True)
     err.print(backends.describe())
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
     consumer = ListConsumer(client, backends.recorder, key=key, name=name,
@@ -157,12 +186,14 @@ def incidents_show(ctx: click.Context, incident_id: str, as_json: bool) -> None:
     backends = _open(ctx)
     with backends.engine.connect() as conn:
         detail = incidents.get_incident(conn, incident_id)
+        found_runs = runs_store.runs_for_incident(conn, incident_id)
     if detail is None:
         raise click.ClickException(f"no incident {incident_id!r}")
     data = detail.incident.to_json() | {
         "rule_counts": detail.rule_counts,
         "samples": [{"ordinal": s.ordinal, "alert_id": s.alert_id, "alert": s.payload}
                     for s in detail.samples],
+        "runs": [_run_json(r) for r in found_runs],
     }
     if as_json:
         sys.stdout.write(orjson.dumps(data).decode() + "\n")
@@ -175,6 +206,23 @@ def incidents_show(ctx: click.Context, incident_id: str, as_json: bool) -> None:
     for rule, count in detail.rule_counts.items():
         console.print(f"  rule          {count} x {rule}", markup=False, highlight=False)
     console.print(f"  sample        {len(detail.samples)} alerts kept", highlight=False)
+    for run in data["runs"]:
+        console.print(f"  run           {run['playbook']}: {run['status']}", markup=False,
+                      highlight=False)
+        for step in run["steps"]:
+            console.print(f"    {step['id']:<16} {step['uses']:<22} {step['status']}",
+                          markup=False, highlight=False)
+
+
+def _run_json(record: Any) -> dict[str, Any]:
+    states = record.state.get("steps", {})
+    return {"id": record.id, "playbook": record.playbook, "status": record.status,
+            "steps": [{"id": s["id"], "uses": s["uses"],
+                       "status": states.get(s["id"], {}).get("status"),
+                       "attempt": states.get(s["id"], {}).get("attempt"),
+                       "result": states.get(s["id"], {}).get("result"),
+                       "error": states.get(s["id"], {}).get("error")}
+                      for s in record.spec["steps"]]}
 
 
 @main.group("audit")
@@ -219,7 +267,7 @@ def replay(ctx: click.Context, files: tuple[Path, ...], url: str | None,
            token: str | None) -> None:
     """Replay alert files (JSON, JSON array or NDJSON) into an ingest, or in-process."""
     settings = _settings(ctx)
-    backends = None if url else _open(ctx)
+    backends = None if url else _open(ctx, with_runs=True)
     failed = False
     for path in files:
         body = path.read_bytes()
@@ -364,3 +412,91 @@ def vars_(rule: Any) -> dict[str, Any]:
 
 def _catalog(plugins: Any) -> dict[str, Any]:
     return {p.name: p for p in plugins}
+
+
+def _executor(ctx: click.Context) -> Any:
+    from responder.plugins.registry import load_all
+    from responder.workers.app import CeleryDispatcher, make_celery
+    from responder.workers.executing import Executor
+
+    settings = _settings(ctx)
+    backends = _open(ctx)
+    app = make_celery(settings)
+    executor = Executor(backends.engine, load_all(settings.plugin_module_list),
+                        CeleryDispatcher(app))
+    return app, executor, backends
+
+
+@main.command()
+@click.option("--concurrency", default=2, show_default=True, type=int)
+@click.option("--pool", default="prefork", show_default=True,
+              type=click.Choice(["prefork", "solo", "threads"]))
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int, pool: str) -> None:
+    """Run a Celery worker for playbook runs."""
+    from responder.workers.app import QUEUE, install_executor
+
+    app, executor, backends = _executor(ctx)
+    install_executor(executor)
+    err.print(f"{backends.describe()} broker={_redact(_settings(ctx).effective_broker_url)}",
+              markup=False)
+    app.worker_main(["worker", f"--concurrency={concurrency}", "-P", pool, "-Q", QUEUE,
+                     "--loglevel=WARNING", "--without-gossip", "--without-mingle",
+                     "--without-heartbeat"])
+
+
+@main.command()
+@click.option("--interval", default=0.5, show_default=True, type=float,
+              help="Seconds between sweeps.")
+@click.option("--once", is_flag=True, help="Sweep once and exit.")
+@click.pass_context
+def beat(ctx: click.Context, interval: float, once: bool) -> None:
+    """Sweep deadlines kept in the store: lost starts, expired leases, retries, expiries."""
+    import time as time_mod
+
+    _, executor, backends = _executor(ctx)
+    stopping = {"now": False}
+
+    def stop(*_: Any) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    err.print(f"beat: {backends.describe()}", markup=False)
+    while not stopping["now"]:
+        try:
+            counts = executor.sweep()
+            backends.recorder.flush_audit()
+            if any(counts.values()):
+                err.print(f"sweep: {counts}", markup=False)
+        except backends_mod.UNAVAILABLE as exc:
+            err.print(f"sweep skipped, backend unavailable: {type(exc).__name__}", markup=False)
+        if once:
+            return
+        time_mod.sleep(interval)
+
+
+@main.command()
+@click.argument("incident_id")
+@click.option("--option", "option", required=True, help="isolate, evict, dismiss...")
+@click.option("--as", "name", required=True, help="Your name: you decide as cli:<name>.")
+@click.option("--reason", default=None)
+@click.pass_context
+def approve(ctx: click.Context, incident_id: str, option: str, name: str,
+            reason: str | None) -> None:
+    """Decide the incident's pending approval (checked against the step's approvers)."""
+    _, executor, _ = _executor(ctx)
+    outcome = executor.decide(incident_id=incident_id, option=option, actor=f"cli:{name}",
+                              reason=reason)
+    (console if outcome.ok else err).print(outcome.message, markup=False, highlight=False)
+    if not outcome.ok:
+        sys.exit(1)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url.removeprefix("sqla+")).render_as_string(hide_password=True)
+    except Exception:
+        return url.rsplit("@", maxsplit=1)[-1]

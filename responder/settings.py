@@ -32,6 +32,9 @@ class Settings(BaseSettings):
         "Unset: the embedded correlator in the SQL store is used.",
     )
     redis_prefix: str = Field(default="drift:", description="Prefix of every Redis key we own.")
+    broker_url: str | None = Field(
+        default=None, description="Celery broker. Default: DRIFT_REDIS_URL when set, else an "
+        "embedded SQLite broker at $DRIFT_DATA_DIR/broker.db.")
     ingest_token: SecretStr | None = Field(default=None, description="Bearer token for intake.")
     playbooks_dir: Path = Field(default=Path("playbooks"))
     artifacts_dir: Path | None = Field(
@@ -61,6 +64,14 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("correlation_key must not be empty")
         return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        if self.redis_url:
+            return self.redis_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
 
     @property
     def plugin_module_list(self) -> list[str]:

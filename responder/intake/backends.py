@@ -13,7 +13,9 @@ import redis
 import sqlalchemy.exc
 from sqlalchemy import Engine, text
 
+from responder.conducting.dispatching import Dispatcher
 from responder.intake.correlating import Correlator, RedisCorrelator, SqlCorrelator
+from responder.intake.planning import RunPlanner
 from responder.intake.recording import Recorder
 from responder.models.incidents import KeySpec
 from responder.settings import Settings
@@ -79,7 +81,9 @@ def policy_from(settings: Settings) -> recording.RecordingPolicy:
     )
 
 
-def open_backends(settings: Settings, *, migrate: bool | None = None) -> Backends:
+def open_backends(settings: Settings, *, migrate: bool | None = None,
+                  planner: RunPlanner | None = None,
+                  dispatcher: Dispatcher | None = None) -> Backends:
     engine = make_engine(settings.effective_database_url)
     if settings.auto_migrate if migrate is None else migrate:
         migrating.upgrade(engine)
@@ -93,5 +97,5 @@ def open_backends(settings: Settings, *, migrate: bool | None = None) -> Backend
     else:
         correlator = SqlCorrelator(window_ns)
     recorder = Recorder(engine, correlator, KeySpec.parse(settings.correlation_key),
-                        policy_from(settings))
+                        policy_from(settings), planner=planner, dispatcher=dispatcher)
     return Backends(settings, engine, client, correlator, recorder)

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import structlog
 from sqlalchemy import Engine
 
+from responder.conducting.dispatching import Dispatcher
 from responder.intake.correlating import Correlator
+from responder.intake.planning import RunPlanner
 from responder.models.alerts import Alert
 from responder.models.incidents import KeySpec, incident_key, new_incident_id
 from responder.models.times import now_ns
 from responder.store import recording
+
+log = structlog.get_logger("drift.intake")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +25,7 @@ class Recorded:
 
     incident_ids: list[str]
     opened: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
     duplicate_batch: bool = False
 
     @property
@@ -30,11 +36,14 @@ class Recorded:
 
 class Recorder:
     def __init__(self, engine: Engine, correlator: Correlator, key_spec: KeySpec,
-                 policy: recording.RecordingPolicy) -> None:
+                 policy: recording.RecordingPolicy, *, planner: RunPlanner | None = None,
+                 dispatcher: Dispatcher | None = None) -> None:
         self.engine = engine
         self.correlator = correlator
         self.key_spec = key_spec
         self.policy = policy
+        self.planner = planner
+        self.dispatcher = dispatcher
 
     def record(self, alerts: Sequence[Alert], *, batch_id: str | None = None) -> Recorded:
         """Record alerts; with ``batch_id``, a batch seen before is acknowledged and skipped."""
@@ -53,10 +62,25 @@ class Recorder:
             groups = [recording.AlertGroup(by_key[k], k, a) for k, a in members.items()]
             outcomes = recording.record_groups(conn, groups, received_ns=received,
                                                policy=self.policy)
+            opened = [o.incident_id for o in outcomes if o.opened]
+            started: list[str] = []
+            if self.planner is not None and opened:
+                fresh = set(opened)
+                started = self.planner.plan(conn, [g for g in groups if g.incident_id in fresh],
+                                            now_ns=received)
             if batch_id is not None:
                 recording.mark_batch(conn, batch_id, len(alerts), received)
-        return Recorded([by_key[k] for k in keys],
-                        opened=[o.incident_id for o in outcomes if o.opened])
+        self._dispatch(started)
+        return Recorded([by_key[k] for k in keys], opened=opened, runs=started)
+
+    def _dispatch(self, run_ids: list[str]) -> None:
+        if self.dispatcher is None:
+            return
+        for run_id in run_ids:
+            try:
+                self.dispatcher.start(run_id)
+            except Exception as exc:  # the beat starts runs whose dispatch was lost
+                log.warning("run.dispatch_failed", run=run_id, error=repr(exc))
 
     def flush_audit(self) -> int:
         """Owed ``alerts.received`` records for quiet incidents (called periodically)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -117,4 +118,61 @@ audit_head = Table(
     Column("id", SmallInteger, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+#: One playbook run per incident and playbook. ``state`` is the conductor's RunState (JSON),
+#: ``spec`` the playbook as it was when the run started (a run never changes under its feet),
+#: ``version`` the compare-and-set counter, ``next_due_ns`` the earliest retry or expiry.
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("incident_id", String(26), ForeignKey("incidents.id"), nullable=False),
+    Column("playbook", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("context", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    Column("next_due_ns", BigInteger),
+    Index("ix_runs_status_next_due", "status", "next_due_ns"),
+    Index("uq_runs_incident_playbook", "incident_id", "playbook", unique=True),
+)
+
+#: A running step's lease: who holds it and until when. The beat re-dispatches expired leases,
+#: so a worker killed mid-step does not strand its run until the broker's visibility timeout.
+step_leases = Table(
+    "step_leases",
+    metadata,
+    Column("run_id", String(26), ForeignKey("runs.id"), primary_key=True),
+    Column("step_id", String(64), primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("owner", String(128)),
+    Column("deadline_ns", BigInteger, nullable=False),
+    Column("dispatches", Integer, nullable=False),
+    Column("timeout_s", Float, nullable=False),
+    Index("ix_step_leases_deadline", "deadline_ns"),
+)
+
+#: Approval requests, persisted before anyone is asked; decided with compare-and-set.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("run_id", String(26), ForeignKey("runs.id"), nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("incident_id", String(26), ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("votes", Text, nullable=False),
+    Column("decided_option", String(64)),
+    Column("decided_by", Text),
+    Column("decided_ns", BigInteger),
+    Column("reason", Text),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    Index("uq_approvals_run_step", "run_id", "step_id", unique=True),
+    Index("ix_approvals_status_expires", "status", "expires_ns"),
 )

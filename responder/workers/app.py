@@ -1,0 +1,73 @@
+"""The Celery app: two thin tasks over the executor, and the dispatcher that sends them.
+
+``acks_late`` + prefetch 1: a message is acknowledged only after its task ran, and a worker holds
+one message at a time. Redelivery is harmless because every task is idempotent (stale events
+change nothing; leases keep one owner per attempt). Nothing uses countdowns or ETAs: deadlines
+live in the store and the beat sweeps them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from responder.settings import Settings
+from responder.workers.executing import Executor
+
+QUEUE = "drift.runs"
+_state: dict[str, Any] = {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    broker = settings.effective_broker_url
+    app = Celery("drift-responder", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=QUEUE,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    if broker.startswith("sqla+"):
+        app.conf.broker_polling_interval = 0.05  # embedded broker: poll often, it is local
+    else:
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+
+    @app.task(name="drift.start", bind=True)
+    def start(self: Any, run_id: str) -> None:
+        _executor().start(run_id)
+
+    @app.task(name="drift.run_step", bind=True)
+    def run_step(self: Any, run_id: str, step_id: str, attempt: int) -> None:
+        _executor().run_step(run_id, step_id, attempt)
+
+    return app
+
+
+def install_executor(executor: Executor) -> None:
+    """The executor the tasks of this process use (set by `drift-responder worker`)."""
+    _state["executor"] = executor
+
+
+def _executor() -> Executor:
+    return _state["executor"]  # type: ignore[no-any-return]
+
+
+class CeleryDispatcher:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def start(self, run_id: str) -> None:
+        self.app.send_task("drift.start", args=[run_id], queue=QUEUE)
+
+    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
+        # A hard limit past the step timeout: a hung plug-in cannot hold a worker for ever.
+        self.app.send_task("drift.run_step", args=[run_id, step_id, attempt], queue=QUEUE,
+                           soft_time_limit=timeout_s, time_limit=timeout_s + 30)

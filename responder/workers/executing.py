@@ -1,0 +1,344 @@
+"""The executor: everything a worker, the beat and the CLI do to runs, over the store.
+
+Each change happens in one transaction: the run row is locked (PostgreSQL ``FOR UPDATE``; SQLite
+has one writer), the conductor decides, and the new state, its audit records, leases and approval
+requests are saved with a compare-and-set on the run's version. Work for other processes is
+dispatched only after the commit; whatever a crash loses between the two, the beat's sweep finds
+(pending runs, expired leases) and dispatches again. A step's plug-in runs outside the
+transaction, and its own audit records are buffered and committed with its result, so that a
+killed worker leaves no half-recorded effect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine
+
+from responder.conducting import events as ev
+from responder.conducting.conductor import conduct
+from responder.conducting.dispatching import Dispatcher
+from responder.conducting.state import RETRY_WAIT, RUNNING, WAITING, RunState
+from responder.models.times import format_ns, now_ns
+from responder.playbooks import expressions
+from responder.playbooks.schema import Playbook
+from responder.plugins.registry import Plugin, Registry
+from responder.store import audit, runs
+
+log = structlog.get_logger("drift.worker")
+NS = 1_000_000_000
+#: How long a dispatched attempt may wait for a worker before the beat sends it again.
+DISPATCH_GRACE_S = 10.0
+#: Deliveries of one attempt before the beat gives up and times the attempt out.
+MAX_DISPATCHES = 3
+
+
+@dataclass
+class _StepContext:
+    run_id: str
+    step_id: str
+    attempt: int
+    incident: Mapping[str, Any]
+    alert: Mapping[str, Any]
+    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def audit(self, kind: str, data: dict[str, Any]) -> None:
+        self.records.append((kind, data))
+
+
+@dataclass
+class DecisionOutcome:
+    ok: bool
+    message: str
+    approval_id: str | None = None
+    decided: bool = False
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Executor:
+    def __init__(self, engine: Engine, registry: Registry, dispatcher: Dispatcher, *,
+                 owner: str | None = None) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.owner = owner or worker_identity()
+        self._specs: dict[str, Playbook] = {}
+
+    # -- the core transaction -------------------------------------------------------------
+    def apply(self, run_id: str, event: ev.Event, *,
+              effects: list[tuple[str, dict[str, Any]]] | None = None,
+              actor: str = "worker") -> bool:
+        """Apply an event to a run in its own transaction. False when it was stale."""
+        with self.engine.begin() as conn:
+            dispatches = self.apply_in(conn, run_id, event, effects=effects, actor=actor)
+        if dispatches is None:
+            return False
+        self.dispatch(run_id, dispatches)
+        return True
+
+    def apply_in(self, conn: Connection, run_id: str, event: ev.Event, *,
+                 effects: list[tuple[str, dict[str, Any]]] | None = None,
+                 actor: str = "worker") -> list[ev.RunStep] | None:
+        """Apply an event inside the caller's transaction. Returns the steps to dispatch after
+        the commit, or None when the event was stale."""
+        effects = effects or []
+        record = runs.load_run(conn, run_id, for_update=True)
+        if record is None:
+            return None
+        playbook = self._spec(record)
+        state = RunState.from_json(record.state)
+        decision = conduct(playbook, self.registry_kinds(), state, event, record.context)
+        if decision.stale:
+            log.info("run.stale_event", run=run_id, event=type(event).__name__)
+            return None
+        new = decision.state
+        now = event.now_ns
+        entries = [audit.AuditEntry(kind=k, actor=actor, incident_id=record.incident_id,
+                                    data={"run": run_id, **d}) for k, d in effects]
+        out: list[ev.RunStep] = []
+        for directive in decision.directives:
+            if isinstance(directive, ev.Audit):
+                entries.append(audit.AuditEntry(
+                    kind=directive.kind, actor=actor, incident_id=record.incident_id,
+                    data={"run": run_id, "playbook": record.playbook, **directive.data}))
+            elif isinstance(directive, ev.RunStep):
+                runs.put_lease(conn, run_id=run_id, step_id=directive.step_id,
+                               attempt=directive.attempt, timeout_s=directive.timeout_s,
+                               deadline_ns=now + int(DISPATCH_GRACE_S * NS))
+                out.append(directive)
+            elif isinstance(directive, ev.RequestApproval):
+                approval_id = runs.create_approval(
+                    conn, run_id=run_id, step_id=directive.step_id,
+                    incident_id=record.incident_id, params=directive.params,
+                    expires_ns=directive.expires_ns, now_ns=now)
+                entries.append(audit.AuditEntry(
+                    kind="approval.requested", actor=actor, incident_id=record.incident_id,
+                    data={"run": run_id, "step": directive.step_id, "approval": approval_id,
+                          "options": directive.params.get("options"),
+                          "approvers": directive.params.get("approvers"),
+                          "two_person": directive.params.get("two_person", []),
+                          "expires": format_ns(directive.expires_ns)}))
+        if isinstance(event, ev.StepSucceeded | ev.StepFailed | ev.StepTimedOut) and \
+                new.steps[event.step_id].status != RUNNING:
+            runs.drop_lease(conn, run_id=run_id, step_id=event.step_id)
+        dues = [s.due_ns for s in new.steps.values()
+                if s.due_ns is not None and s.status in (RETRY_WAIT, WAITING)]
+        runs.save_run(conn, record, new.to_json(), status=new.status,
+                      next_due_ns=min(dues) if dues else None, now_ns=now)
+        audit.append(conn, entries)
+        return out
+
+    def dispatch(self, run_id: str, directives: list[ev.RunStep]) -> None:
+        for directive in directives:
+            self.dispatcher.run_step(run_id, directive.step_id, directive.attempt,
+                                     directive.timeout_s)
+
+    def registry_kinds(self) -> dict[str, Plugin]:
+        return {p.name: p for p in self.registry}
+
+    def _spec(self, record: runs.RunRecord) -> Playbook:
+        key = hashlib.sha256(repr(sorted(record.spec.items())).encode()).hexdigest()
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = Playbook.model_validate(record.spec)
+            self._specs[key] = spec
+        return spec
+
+    # -- tasks ----------------------------------------------------------------------------
+    def start(self, run_id: str) -> bool:
+        return self.apply(run_id, ev.Start(now_ns()))
+
+    def run_step(self, run_id: str, step_id: str, attempt: int) -> str:
+        """Run one attempt: claim its lease, run the plug-in, record the outcome. Idempotent."""
+        now = now_ns()
+        with self.engine.begin() as conn:
+            record = runs.load_run(conn, run_id)
+            if record is None:
+                return "unknown run"
+            step_state = RunState.from_json(record.state).steps.get(step_id)
+            if step_state is None or step_state.status != RUNNING or \
+                    step_state.attempt != attempt:
+                return "already done"
+            playbook = self._spec(record)
+            step = playbook.step(step_id)
+            plugin = self.registry.get(step.uses)
+            timeout = step.timeout or (plugin.default_timeout if plugin else 60.0)
+            if not runs.claim_lease(conn, run_id=run_id, step_id=step_id, attempt=attempt,
+                                    owner=self.owner, now_ns=now,
+                                    deadline_ns=now + int((timeout + DISPATCH_GRACE_S) * NS)):
+                return "held elsewhere"
+        scope = {**record.context, "steps": {
+            sid: {"status": s.status, "result": s.result, "error": s.error}
+            for sid, s in RunState.from_json(record.state).steps.items()}}
+        ctx = _StepContext(run_id, step_id, attempt, record.context.get("incident", {}),
+                           record.context.get("alert", {}))
+        event: ev.Event
+        try:
+            if plugin is None:
+                raise LookupError(f"unknown plug-in {step.uses!r}")
+            params = plugin.params.model_validate(expressions.render(step.with_, scope))
+            result = plugin.run(ctx, params)
+            event = ev.StepSucceeded(step_id, attempt, result.model_dump(mode="json"), now_ns())
+        except ValidationError as exc:
+            event = ev.StepFailed(step_id, attempt, f"bad parameters: {exc}", now_ns())
+        except Exception as exc:  # a plug-in's failure is the step's failure, recorded
+            log.warning("step.failed", run=run_id, step=step_id, error=repr(exc),
+                        trace=traceback.format_exc(limit=5))
+            event = ev.StepFailed(step_id, attempt, f"{type(exc).__name__}: {exc}"[:2000],
+                                  now_ns())
+        applied = self.apply(run_id, event, effects=ctx.records if isinstance(
+            event, ev.StepSucceeded) else [])
+        return "recorded" if applied else "stale"
+
+    # -- decisions ------------------------------------------------------------------------
+    def decide(self, *, incident_id: str | None = None, approval_id: str | None = None,
+               option: str, actor: str, reason: str | None = None) -> DecisionOutcome:
+        """A person's decision on a pending approval: authorised, two-person where asked,
+        first valid decision wins. Refusals are audited too."""
+        now = now_ns()
+        dispatches: list[ev.RunStep] | None = None
+        with self.engine.begin() as conn:
+            approval = self._find_approval(conn, incident_id, approval_id)
+            if approval is None:
+                return DecisionOutcome(False, "no approval is waiting for a decision here")
+            if approval.status != "pending":
+                when = format_ns(approval.decided_ns) if approval.decided_ns else "?"
+                return DecisionOutcome(
+                    False, f"already {approval.status}: {approval.decided_option} by "
+                    f"{', '.join(approval.decided_by)} at {when}", approval.id)
+            params = approval.params
+            refusal = None
+            if option not in params.get("options", []):
+                refusal = f"{option!r} is not an option ({', '.join(params.get('options', []))})"
+            elif not authorised(actor, params.get("approvers", [])):
+                refusal = f"{actor} is not an approver of this step"
+            if refusal is not None:
+                audit.append(conn, [audit.AuditEntry(
+                    kind="approval.refused", actor=actor, incident_id=approval.incident_id,
+                    data={"run": approval.run_id, "step": approval.step_id,
+                          "approval": approval.id, "option": option, "reason": refusal})])
+                return DecisionOutcome(False, refusal, approval.id)
+            deciders = [actor]
+            if option in params.get("two_person", []):
+                earlier = [v["by"] for v in approval.votes if v["option"] == option]
+                if actor in earlier:
+                    return DecisionOutcome(False, f"{actor} already voted for {option}; "
+                                           "a second, different approver is needed",
+                                           approval.id)
+                if not earlier:
+                    votes = [*approval.votes, {"by": actor, "option": option,
+                                               "at": format_ns(now)}]
+                    if not runs.cas_vote(conn, approval, votes):
+                        return DecisionOutcome(False, "the approval changed; try again",
+                                               approval.id)
+                    audit.append(conn, [audit.AuditEntry(
+                        kind="approval.vote", actor=actor, incident_id=approval.incident_id,
+                        data={"run": approval.run_id, "step": approval.step_id,
+                              "approval": approval.id, "option": option})])
+                    return DecisionOutcome(True, f"{option}: first of two approvals recorded; "
+                                           "waiting for a second approver", approval.id)
+                deciders = [earlier[0], actor]
+            if not runs.cas_decide(conn, approval, option=option, decided_by=deciders,
+                                   reason=reason, now_ns=now):
+                return DecisionOutcome(False, "someone else decided first", approval.id)
+            dispatches = self.apply_in(
+                conn, approval.run_id,
+                ev.ApprovalDecided(approval.step_id, option, deciders, now, reason), actor=actor)
+            run_id = approval.run_id
+        if dispatches:
+            self.dispatch(run_id, dispatches)
+        return DecisionOutcome(True, f"{option} decided by {', '.join(deciders)}", approval.id,
+                               decided=True)
+
+    @staticmethod
+    def _find_approval(conn: Connection, incident_id: str | None,
+                       approval_id: str | None) -> runs.ApprovalRecord | None:
+        if approval_id is not None:
+            return runs.get_approval(conn, approval_id)
+        assert incident_id is not None
+        found = runs.approvals_for_incident(conn, incident_id)
+        pending = [a for a in found if a.status == "pending"]
+        if pending:
+            return pending[-1]
+        return found[-1] if found else None
+
+    # -- the beat's sweep -----------------------------------------------------------------
+    def sweep(self, *, start_after_s: float = 2.0) -> dict[str, int]:
+        """Deadlines kept in the store, not in broker countdowns: lost starts, expired leases,
+        due retries and expired approvals."""
+        now = now_ns()
+        counts = {"started": 0, "redispatched": 0, "timed_out": 0, "retried": 0, "expired": 0,
+                  "dropped": 0}
+        with self.engine.connect() as conn:
+            pending = runs.pending_runs(conn, created_before_ns=now - int(start_after_s * NS))
+            leases = runs.expired_leases(conn, now_ns=now)
+            due = runs.due_runs(conn, now_ns=now)
+            approvals = runs.expired_approvals(conn, now_ns=now)
+        for run_id in pending:
+            self.dispatcher.start(run_id)
+            counts["started"] += 1
+        for lease in leases:
+            counts[self._sweep_lease(lease, now)] += 1
+        for approval in approvals:
+            with self.engine.begin() as conn:
+                fresh = runs.get_approval(conn, approval.id)
+                if fresh is None or not runs.cas_decide(
+                        conn, fresh, option="", decided_by=["system:expiry"], reason="expired",
+                        now_ns=now, status="expired"):
+                    continue
+                dispatches = self.apply_in(conn, approval.run_id,
+                                           ev.ApprovalExpired(approval.step_id, now),
+                                           actor="system:expiry")
+            counts["expired"] += 1
+            self.dispatch(approval.run_id, dispatches or [])
+        for run_id in due:
+            with self.engine.connect() as conn:
+                record = runs.load_run(conn, run_id)
+            if record is None:
+                continue
+            for step_id, st in RunState.from_json(record.state).steps.items():
+                if st.status == RETRY_WAIT and st.due_ns is not None and st.due_ns <= now and \
+                        self.apply(run_id, ev.RetryDue(step_id, st.attempt + 1, now)):
+                    counts["retried"] += 1
+        return counts
+
+    def _sweep_lease(self, lease: runs.Lease, now: int) -> str:
+        with self.engine.begin() as conn:
+            record = runs.load_run(conn, lease.run_id)
+            step = RunState.from_json(record.state).steps.get(lease.step_id) if record else None
+            if step is None or step.status != RUNNING or step.attempt != lease.attempt:
+                runs.drop_lease(conn, run_id=lease.run_id, step_id=lease.step_id)
+                return "dropped"
+        if lease.dispatches < MAX_DISPATCHES:
+            with self.engine.begin() as conn:
+                renewed = runs.renew_dispatch(conn, lease,
+                                              deadline_ns=now + int(DISPATCH_GRACE_S * NS))
+            if renewed:
+                log.warning("lease.expired", run=lease.run_id, step=lease.step_id,
+                            attempt=lease.attempt, owner=lease.owner,
+                            dispatch=lease.dispatches + 1)
+                self.dispatcher.run_step(lease.run_id, lease.step_id, lease.attempt,
+                                         lease.timeout_s)
+                return "redispatched"
+            return "redispatched"
+        self.apply(lease.run_id, ev.StepTimedOut(lease.step_id, lease.attempt, now),
+                   actor="system:lease")
+        return "timed_out"
+
+
+def authorised(actor: str, approvers: list[str]) -> bool:
+    """``cli:alice`` is allowed by ``cli:alice`` or ``cli:*``. Group membership (slack-group:)
+    is resolved by the transport that knows the groups before it calls decide()."""
+    kind = actor.split(":", 1)[0]
+    return actor in approvers or f"{kind}:*" in approvers
