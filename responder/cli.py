@@ -423,7 +423,7 @@ def _executor(ctx: click.Context) -> Any:
     backends = _open(ctx)
     app = make_celery(settings)
     executor = Executor(backends.engine, load_all(settings.plugin_module_list),
-                        CeleryDispatcher(app))
+                        CeleryDispatcher(app), grace_s=settings.lease_grace_seconds)
     return app, executor, backends
 
 
@@ -434,13 +434,14 @@ def _executor(ctx: click.Context) -> Any:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int, pool: str) -> None:
     """Run a Celery worker for playbook runs."""
-    from responder.workers.app import QUEUE, install_executor
+    from responder.workers.app import install_executor
 
     app, executor, backends = _executor(ctx)
     install_executor(executor)
     err.print(f"{backends.describe()} broker={_redact(_settings(ctx).effective_broker_url)}",
               markup=False)
-    app.worker_main(["worker", f"--concurrency={concurrency}", "-P", pool, "-Q", QUEUE,
+    app.worker_main(["worker", f"--concurrency={concurrency}", "-P", pool, "-Q",
+                     _settings(ctx).queue,
                      "--loglevel=WARNING", "--without-gossip", "--without-mingle",
                      "--without-heartbeat"])
 

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     sample_first: int = Field(default=20, ge=0, description="First alerts kept per incident.")
     sample_last: int = Field(default=20, ge=0, description="Last alerts kept per incident.")
     auto_migrate: bool = Field(default=True, description="Upgrade the schema on start.")
+    queue: str = Field(default="drift.runs", description="Celery queue of playbook runs.")
+    lease_grace_seconds: float = Field(
+        default=10.0, gt=0, description="How long a step may go unclaimed, or run past its "
+        "timeout, before the beat dispatches it again.")
     plugin_modules: str = Field(default="", description="Extra plug-in modules to import "
                                 "(comma-separated), besides the entry point group.")
 

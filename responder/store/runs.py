@@ -43,7 +43,8 @@ def create_run(conn: Connection, *, run_id: str, incident_id: str, playbook: str
         spec=_json(spec), context=_json(context), state=_json(state), version=0,
         created_ns=now_ns, updated_ns=now_ns, next_due_ns=None,
     ).on_conflict_do_nothing(index_elements=[runs.c.incident_id, runs.c.playbook])
-    return bool(conn.execute(stmt).rowcount == 1)
+    # RETURNING, not rowcount: psycopg reports no rowcount for INSERT .. ON CONFLICT here.
+    return conn.execute(stmt.returning(runs.c.id)).first() is not None
 
 
 def load_run(conn: Connection, run_id: str, *, for_update: bool = False) -> RunRecord | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from responder.settings import Settings
 from responder.workers.executing import Executor
 
-QUEUE = "drift.runs"
 _state: dict[str, Any] = {}
 
 
@@ -29,7 +29,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue=QUEUE,
+        task_default_queue=settings.queue,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -56,6 +56,14 @@ def install_executor(executor: Executor) -> None:
     _state["executor"] = executor
 
 
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # A forked pool child must not reuse the parent's database connections.
+    executor = _state.get("executor")
+    if executor is not None:
+        executor.engine.dispose(close=False)
+
+
 def _executor() -> Executor:
     return _state["executor"]  # type: ignore[no-any-return]
 
@@ -63,11 +71,12 @@ def _executor() -> Executor:
 class CeleryDispatcher:
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self.queue = str(app.conf.task_default_queue)
 
     def start(self, run_id: str) -> None:
-        self.app.send_task("drift.start", args=[run_id], queue=QUEUE)
+        self.app.send_task("drift.start", args=[run_id], queue=self.queue)
 
     def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
         # A hard limit past the step timeout: a hung plug-in cannot hold a worker for ever.
-        self.app.send_task("drift.run_step", args=[run_id, step_id, attempt], queue=QUEUE,
+        self.app.send_task("drift.run_step", args=[run_id, step_id, attempt], queue=self.queue,
                            soft_time_limit=timeout_s, time_limit=timeout_s + 30)

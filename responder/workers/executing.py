@@ -68,12 +68,18 @@ def worker_identity() -> str:
 
 class Executor:
     def __init__(self, engine: Engine, registry: Registry, dispatcher: Dispatcher, *,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, grace_s: float = DISPATCH_GRACE_S) -> None:
+        self.grace_ns = int(grace_s * NS)
         self.engine = engine
         self.registry = registry
         self.dispatcher = dispatcher
-        self.owner = owner or worker_identity()
+        self._owner = owner
         self._specs: dict[str, Playbook] = {}
+
+    @property
+    def owner(self) -> str:
+        # Computed per call: prefork children inherit this object but each has its own pid.
+        return self._owner or worker_identity()
 
     # -- the core transaction -------------------------------------------------------------
     def apply(self, run_id: str, event: ev.Event, *,
@@ -115,7 +121,7 @@ class Executor:
             elif isinstance(directive, ev.RunStep):
                 runs.put_lease(conn, run_id=run_id, step_id=directive.step_id,
                                attempt=directive.attempt, timeout_s=directive.timeout_s,
-                               deadline_ns=now + int(DISPATCH_GRACE_S * NS))
+                               deadline_ns=now + self.grace_ns)
                 out.append(directive)
             elif isinstance(directive, ev.RequestApproval):
                 approval_id = runs.create_approval(
@@ -176,7 +182,7 @@ class Executor:
             timeout = step.timeout or (plugin.default_timeout if plugin else 60.0)
             if not runs.claim_lease(conn, run_id=run_id, step_id=step_id, attempt=attempt,
                                     owner=self.owner, now_ns=now,
-                                    deadline_ns=now + int((timeout + DISPATCH_GRACE_S) * NS)):
+                                    deadline_ns=now + int(timeout * NS) + self.grace_ns):
                 return "held elsewhere"
         scope = {**record.context, "steps": {
             sid: {"status": s.status, "result": s.result, "error": s.error}
@@ -323,7 +329,7 @@ class Executor:
         if lease.dispatches < MAX_DISPATCHES:
             with self.engine.begin() as conn:
                 renewed = runs.renew_dispatch(conn, lease,
-                                              deadline_ns=now + int(DISPATCH_GRACE_S * NS))
+                                              deadline_ns=now + self.grace_ns)
             if renewed:
                 log.warning("lease.expired", run=lease.run_id, step=lease.step_id,
                             attempt=lease.attempt, owner=lease.owner,

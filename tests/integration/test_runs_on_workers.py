@@ -1,0 +1,245 @@
+"""Playbook runs end to end with real processes: ingest -> incident -> run on Celery workers ->
+approval -> audit; retries from the beat; and workers killed with SIGKILL mid-run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from responder.store import audit
+from responder.store.engine import make_engine
+from responder.store.schema import runs, step_leases
+from tests.conftest import REDIS_URL
+from tests.support.processes import CLI, REPO, Service, base_env, free_port, wait_for, wait_http
+from tests.support.samples import drift_alert
+
+APPROVAL_PLAYBOOK = """
+name: approve-then-log
+match:
+  rules: ["Drop and execute new binary in container"]
+steps:
+  - id: note
+    uses: core.note
+    with:
+      message: "{{ alert.rule }} in {{ incident.namespace }}/{{ incident.pod }}"
+  - id: ask
+    uses: core.approval
+    with:
+      options: [isolate, dismiss]
+      approvers: ["cli:alice"]
+      expires_after_seconds: 600
+  - id: record
+    uses: core.log
+    if: steps.ask.result.option == 'isolate'
+    with:
+      message: "isolate approved by {{ steps.ask.result.decided_by | join(',') }}"
+"""
+
+RETRY_PLAYBOOK = """
+name: flaky-then-note
+match:
+  rules: ["Drop and execute new binary in container"]
+steps:
+  - id: flaky
+    uses: test.flaky
+    with: {times: 2}
+    retries: {count: 3, backoff_seconds: 0.2, factor: 1}
+  - id: done
+    uses: core.note
+    with: {message: "done after {{ steps.flaky.result.attempt }} attempts"}
+"""
+
+KILL_PLAYBOOK = """
+name: five-steps
+match:
+  rules: ["Drop and execute new binary in container"]
+steps:
+  - {id: n1, uses: core.note, with: {message: one}}
+  - {id: s1, uses: test.sleep, timeout: 3, with: {seconds: 1.5, label: first}}
+  - {id: n2, uses: core.note, with: {message: two}}
+  - {id: s2, uses: test.sleep, timeout: 3, with: {seconds: 1.5, label: second}}
+  - {id: n3, uses: core.note, with: {message: three}}
+"""
+
+
+class Stack:
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env = env
+        self.tmp = tmp
+        self.services: list[Service] = []
+        self.url = ""
+
+    def start(self, *args: str, name: str) -> Service:
+        service = Service(list(args), self.env, self.tmp, name)
+        self.services.append(service)
+        return service
+
+    def ingest(self) -> None:
+        port = free_port()
+        service = self.start("ingest", "--port", str(port), name="ingest")
+        self.url = f"http://127.0.0.1:{port}"
+        wait_http(self.url + "/healthz", service)
+
+    def post(self, alert: dict[str, Any]) -> str:
+        response = httpx.post(self.url + "/v1/falco", json=alert,
+                              headers={"Authorization": "Bearer stack-token"}, timeout=10)
+        assert response.status_code == 202, response.text
+        return str(response.json()["incidents"][0])
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True,
+                              timeout=60, cwd=REPO, check=False)
+
+    def engine(self) -> Any:
+        url = self.env.get("DRIFT_DATABASE_URL") or f"sqlite:///{self.env['DRIFT_DATA_DIR']}/drift.db"
+        return make_engine(url)
+
+    def run_of(self, incident_id: str) -> dict[str, Any] | None:
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(select(runs).where(runs.c.incident_id == incident_id)).first()
+                return None if row is None else {"status": row.status,
+                                                  "state": json.loads(row.state)}
+        finally:
+            engine.dispose()
+
+    def wait_run(self, incident_id: str, status: str, timeout: float = 40) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            run = self.run_of(incident_id)
+            return run if run is not None and run["status"] == status else None
+
+        try:
+            return wait_for(reached, timeout, 0.1, what=f"run {status}")  # type: ignore[no-any-return]
+        except AssertionError:
+            logs = "\n".join(f"--- {s.name}\n{s.output()[-3000:]}" for s in self.services)
+            raise AssertionError(f"run is {self.run_of(incident_id)}; logs:\n{logs}") from None
+
+    def audit_kinds(self, incident_id: str) -> list[str]:
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                assert audit.verify(conn).ok
+                return [r.kind for r in audit.iter_records(conn, incident_id)]
+        finally:
+            engine.dispose()
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+
+
+@pytest.fixture(params=["embedded", "production"])
+def stack_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    values = {
+        "DRIFT_DATA_DIR": str(tmp_path / "data"), "DRIFT_PLAYBOOKS_DIR": str(tmp_path / "pb"),
+        "DRIFT_INGEST_TOKEN": "stack-token", "DRIFT_PLUGIN_MODULES": "tests.support.plugins",
+        "DRIFT_QUEUE": f"test-{uuid.uuid4().hex[:8]}", "DRIFT_LEASE_GRACE_SECONDS": "1",
+    }
+    if request.param == "production":
+        values["DRIFT_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+        values["DRIFT_REDIS_URL"] = REDIS_URL
+        values["DRIFT_REDIS_PREFIX"] = request.getfixturevalue("redis_prefix")
+    (tmp_path / "pb").mkdir()
+    return base_env(values)
+
+
+@pytest.fixture
+def stack(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+    built = Stack(stack_env, tmp_path)
+    yield built
+    built.stop()
+
+
+def _playbook(stack: Stack, text: str) -> None:
+    Path(stack.env["DRIFT_PLAYBOOKS_DIR"], "playbook.yaml").write_text(textwrap.dedent(text))
+
+
+def test_an_alert_runs_its_playbook_through_an_approval_to_the_end(stack: Stack) -> None:
+    _playbook(stack, APPROVAL_PLAYBOOK)
+    stack.ingest()
+    stack.start("worker", "--pool", "solo", name="worker")
+    incident = stack.post(drift_alert(1))
+    run = stack.wait_run(incident, "waiting")
+    assert run["state"]["steps"]["note"]["status"] == "succeeded"
+
+    refused = stack.cli("approve", incident, "--option", "isolate", "--as", "mallory")
+    assert refused.returncode == 1
+    assert "not an approver" in refused.stderr
+    decided = stack.cli("approve", incident, "--option", "isolate", "--as", "alice")
+    assert decided.returncode == 0, decided.stderr
+    again = stack.cli("approve", incident, "--option", "dismiss", "--as", "alice")
+    assert again.returncode == 1
+    assert "already decided: isolate by cli:alice" in again.stderr
+
+    run = stack.wait_run(incident, "succeeded")
+    assert run["state"]["steps"]["record"]["result"] == {
+        "message": "isolate approved by cli:alice"}
+    assert stack.audit_kinds(incident) == [
+        "incident.opened", "run.started", "step.started", "note", "step.succeeded",
+        "step.started", "approval.requested", "approval.refused", "approval.decided",
+        "step.succeeded", "step.started", "log", "step.succeeded", "run.finished"]
+    shown = json.loads(stack.cli("incidents", "show", incident, "--json").stdout)
+    [shown_run] = shown["runs"]
+    assert shown_run["playbook"] == "approve-then-log"
+    assert shown_run["status"] == "succeeded"
+    assert [(s["id"], s["uses"], s["status"]) for s in shown_run["steps"]] == [
+        ("note", "core.note", "succeeded"), ("ask", "core.approval", "succeeded"),
+        ("record", "core.log", "succeeded")]
+    assert shown_run["steps"][1]["result"]["option"] == "isolate"
+
+
+def test_failed_steps_are_retried_by_the_beat_with_backoff(stack: Stack) -> None:
+    _playbook(stack, RETRY_PLAYBOOK)
+    stack.ingest()
+    stack.start("worker", "--pool", "solo", name="worker")
+    stack.start("beat", "--interval", "0.1", name="beat")
+    incident = stack.post(drift_alert(2))
+    run = stack.wait_run(incident, "succeeded")
+    assert run["state"]["steps"]["flaky"]["attempt"] == 3
+    assert run["state"]["steps"]["done"]["result"] == {"message": "done after 3 attempts"}
+    kinds = stack.audit_kinds(incident)
+    assert kinds.count("step.failed") == 2
+    assert kinds.count("step.started") == 4
+
+
+@pytest.mark.parametrize("victim_step", ["s1", "s2"])
+def test_a_worker_killed_mid_step_is_replaced_and_every_effect_lands_once(
+    stack: Stack, victim_step: str,
+) -> None:
+    _playbook(stack, KILL_PLAYBOOK)
+    stack.ingest()
+    workers = [stack.start("worker", "--pool", "solo", name=f"worker{i}") for i in range(2)]
+    stack.start("beat", "--interval", "0.1", name="beat")
+    incident = stack.post(drift_alert(3))
+
+    def holder() -> int | None:
+        engine = stack.engine()
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(select(step_leases.c.owner)
+                                   .where(step_leases.c.step_id == victim_step)).first()
+        finally:
+            engine.dispose()
+        return int(row.owner.rsplit(":", 1)[1]) if row is not None and row.owner else None
+
+    pid = wait_for(holder, 40, 0.02, what=f"a worker running {victim_step}")
+    [victim] = [w for w in workers if w.pid == pid]
+    victim.kill9()
+
+    run = stack.wait_run(incident, "succeeded", timeout=60)
+    assert [s["status"] for s in run["state"]["steps"].values()] == ["succeeded"] * 5
+    kinds = stack.audit_kinds(incident)
+    assert kinds.count("note") == 3
+    assert kinds.count("test.effect") == 2
+    assert kinds.count("step.succeeded") == 5
+    assert kinds.count("run.finished") == 1
