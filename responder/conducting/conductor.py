@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
 from responder.conducting import events as ev
 from responder.conducting.state import (
@@ -39,6 +41,8 @@ NS = 1_000_000_000
 
 class Kind(Protocol):
     @property
+    def params(self) -> type[BaseModel]: ...
+    @property
     def is_approval(self) -> bool: ...
     @property
     def default_timeout(self) -> float: ...
@@ -52,7 +56,12 @@ class Decision:
 
 
 def digest(value: Any) -> str:
-    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # integers beyond 64 bits: the standard library has no such limit
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"),
+                               default=str).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 class _Conducting:
@@ -123,11 +132,19 @@ class _Conducting:
         kind = self.kinds.get(step.uses)
         if kind is None:
             return self.fail_step(step, st, f"unknown plug-in {step.uses!r}", retryable=False)
+        try:
+            validated = kind.params.model_validate(params)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'with'}: {e['msg']}"
+                                 for e in exc.errors(include_url=False))
+            return self.fail_step(step, st, f"with: {problems}", retryable=False)
         st.attempt = attempt
         st.started_ns = st.started_ns or self.now
         st.error = None
         if kind.is_approval:
-            expires = self.now + int(float(params.get("expires_after_seconds", 1800)) * NS)
+            expires = self.now + int(float(getattr(validated, "expires_after_seconds",
+                                                   1800)) * NS)
+            st.params = params
             st.status = WAITING
             st.due_ns = expires
             self.state.status = WAITING
@@ -227,8 +244,8 @@ def conduct(playbook: Playbook, kinds: Mapping[str, Kind], state: RunState, even
         if not c.begin(step, st, attempt=event.attempt):
             c.advance(c.after_failure_index(step))
     elif isinstance(event, ev.ApprovalDecided):
-        if st.status != WAITING:
-            return stale
+        if st.status != WAITING or (st.due_ns is not None and event.now_ns >= st.due_ns):
+            return stale  # too late: the approval has expired, on_timeout will apply
         result = {"option": event.option, "decided_by": list(event.decided_by),
                   "expired": False, "reason": event.reason}
         st.status, st.result, st.finished_ns, st.due_ns = SUCCEEDED, result, event.now_ns, None
@@ -239,9 +256,9 @@ def conduct(playbook: Playbook, kinds: Mapping[str, Kind], state: RunState, even
                 result_sha256=digest(result))
         c.continue_after(step)
     elif isinstance(event, ev.ApprovalExpired):
-        if st.status != WAITING:
+        if st.status != WAITING or (st.due_ns is not None and event.now_ns < st.due_ns):
             return stale
-        on_timeout = step.with_.get("on_timeout")
+        on_timeout = (st.params or {}).get("on_timeout")
         c.audit("approval.expired", step=step_id, on_timeout=on_timeout)
         if on_timeout:
             result = {"option": on_timeout, "decided_by": ["system:expiry"], "expired": True,

@@ -118,7 +118,11 @@ def rehearse(fixture: Fixture, file: Path, playbooks: Mapping[str, Playbook],
         return report
     raw = fixture.alert
     if fixture.alert_file:
-        raw = orjson.loads((file.parent / fixture.alert_file).read_bytes())
+        try:
+            raw = orjson.loads((file.parent / fixture.alert_file).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            report.problems.append(f"cannot read alert_file {fixture.alert_file!r}: {exc}")
+            return report
     if raw is None:
         report.problems.append("give alert or alert_file")
         return report

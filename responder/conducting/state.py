@@ -23,6 +23,8 @@ class StepState:
     finished_ns: int | None = None
     #: When the current attempt times out (running), is retried (retry_wait) or expires (waiting).
     due_ns: int | None = None
+    #: The rendered parameters of an approval step, as the approvers were asked.
+    params: dict[str, Any] | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _WHOLE = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
@@ -75,11 +75,14 @@ def evaluate(source: str, context: Mapping[str, Any], *, condition: bool = False
     env = condition_environment() if condition else environment()
     try:
         compiled = env.compile_expression(source, undefined_to_none=condition)
-        return compiled(**context)
+        value = compiled(**context)
     except TemplateSyntaxError as exc:
         raise ExpressionError(f"bad expression {source!r}: {exc.message}") from None
     except Exception as exc:
         raise ExpressionError(f"expression {source!r} failed: {exc}") from None
+    if isinstance(value, Undefined):  # a whole-value template naming something missing
+        raise ExpressionError(f"expression {source!r} is undefined")
+    return value
 
 
 def render(value: Any, context: Mapping[str, Any]) -> Any:

@@ -74,6 +74,12 @@ def parse_yaml(text: str, file: str) -> tuple[Source | None, list[Problem]]:
         source.data = _construct(node, (), source, problems)
     except RecursionError:
         return None, [Problem(file, 1, 1, "YAML nested too deeply")]
+    except yaml.MarkedYAMLError as exc:  # merge keys, unknown tags, bad scalars
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return None, [Problem(file, line, column, f"YAML: {exc.problem or exc}")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(file, 1, 1, f"YAML: {exc}")]
     return source, problems
 
 
@@ -82,6 +88,11 @@ def _construct(node: yaml.Node, path: Path_, source: Source, problems: list[Prob
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                problems.append(Problem(source.file, line, col,
+                                        "YAML merge keys are not supported"))
+                continue
             key = _construct(key_node, (*path, "<key>"), source, problems)
             if not isinstance(key, str | int | float | bool) or key is None:
                 problems.append(source.problem((*path, "<key>"), "mapping keys must be text"))
@@ -89,8 +100,6 @@ def _construct(node: yaml.Node, path: Path_, source: Source, problems: list[Prob
             if key in out:
                 line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 problems.append(Problem(source.file, line, col, f"duplicate key {key!r}"))
-            if isinstance(key, str) and key == "<<":
-                problems.append(source.problem(path, "YAML merge keys are not supported"))
             out[key] = _construct(value_node, (*path, str(key)), source, problems)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -103,8 +112,8 @@ def _construct(node: yaml.Node, path: Path_, source: Source, problems: list[Prob
 
 def load_text(text: str, file: str) -> Loaded:
     source, problems = parse_yaml(text, file)
-    if source is None:
-        return Loaded(Source(file, None), None, problems)
+    if source is None or (problems and source.data is None):
+        return Loaded(source or Source(file, None), None, problems)
     if not isinstance(source.data, dict):
         problems.append(source.problem((), "a playbook is a mapping with name, match, steps"))
         return Loaded(source, None, problems)

@@ -50,16 +50,21 @@ def _condition(cond: FieldCondition, alert: Alert) -> bool:
     if "exists" in given:
         return present == cond.exists
     if "equals" in given:
-        return present and value == cond.equals
+        return present and _same(value, cond.equals)
     if "not_equals" in given:
-        return not present or value != cond.not_equals
+        return not present or not _same(value, cond.not_equals)
     if "in_" in given:
-        return present and value in (cond.in_ or [])
+        return present and any(_same(value, v) for v in cond.in_ or [])
     if "not_in" in given:
-        return not present or value not in (cond.not_in or [])
+        return not present or not any(_same(value, v) for v in cond.not_in or [])
     if "regex" in given:
         return present and isinstance(value, str) and bool(_regex(cond.regex or "").search(value))
     return False
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality that keeps booleans apart from numbers (in Python, ``0 == False``)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
 
 
 def select(playbooks: Sequence[Playbook], alert: Alert) -> Playbook | None:

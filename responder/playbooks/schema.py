@@ -40,7 +40,7 @@ class FieldCondition(_Strict):
         if len(given) != 1:
             raise ValueError("give exactly one of equals, not_equals, in, not_in, regex, exists")
         if self.regex is not None:
-            re.compile(self.regex)
+            _compiles(self.regex)
         return self
 
 
@@ -61,7 +61,7 @@ class Match(_Strict):
     @classmethod
     def _regexes_compile(cls, value: list[str]) -> list[str]:
         for pattern in value:
-            re.compile(pattern)
+            _compiles(pattern)
         return value
 
     @field_validator("priority")
@@ -70,6 +70,13 @@ class Match(_Strict):
         if value is not None:
             parse_threshold(value)
         return value
+
+
+def _compiles(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:  # pydantic reports ValueError, not re.error
+        raise ValueError(f"bad regex {pattern!r}: {exc}") from None
 
 
 def parse_threshold(text: str) -> tuple[str, Priority]:

@@ -213,6 +213,13 @@ class Executor:
         """A person's decision on a pending approval: authorised, two-person where asked,
         first valid decision wins. Refusals are audited too."""
         now = now_ns()
+        try:
+            return self._decide(now, incident_id, approval_id, option, actor, reason)
+        except _RolledBack as exc:
+            return DecisionOutcome(False, str(exc))
+
+    def _decide(self, now: int, incident_id: str | None, approval_id: str | None, option: str,
+                actor: str, reason: str | None) -> DecisionOutcome:
         dispatches: list[ev.RunStep] | None = None
         with self.engine.begin() as conn:
             approval = self._find_approval(conn, incident_id, approval_id)
@@ -223,6 +230,9 @@ class Executor:
                 return DecisionOutcome(
                     False, f"already {approval.status}: {approval.decided_option} by "
                     f"{', '.join(approval.decided_by)} at {when}", approval.id)
+            if approval.expires_ns <= now:
+                return DecisionOutcome(False, f"expired at {format_ns(approval.expires_ns)}; "
+                                       "its on_timeout applies", approval.id)
             params = approval.params
             refusal = None
             if option not in params.get("options", []):
@@ -261,6 +271,8 @@ class Executor:
             dispatches = self.apply_in(
                 conn, approval.run_id,
                 ev.ApprovalDecided(approval.step_id, option, deciders, now, reason), actor=actor)
+            if dispatches is None:  # the run no longer waits for this: undo the CAS
+                raise _RolledBack("the run is no longer waiting for this decision")
             run_id = approval.run_id
         if dispatches:
             self.dispatch(run_id, dispatches)
@@ -341,6 +353,10 @@ class Executor:
         self.apply(lease.run_id, ev.StepTimedOut(lease.step_id, lease.attempt, now),
                    actor="system:lease")
         return "timed_out"
+
+
+class _RolledBack(Exception):
+    pass
 
 
 def authorised(actor: str, approvers: list[str]) -> bool:

@@ -10,13 +10,14 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict
 
 from responder.conducting import events as ev
 from responder.conducting.conductor import NS, Decision, conduct, digest
@@ -31,12 +32,22 @@ T0 = 1_700_000_000 * NS
 class FakeKind:
     is_approval: bool = False
     default_timeout: float = 60.0
+    params: type[BaseModel] = field(default_factory=lambda: AnyParams)
+
+
+class AnyParams(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class AskParams(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    expires_after_seconds: float = 1800
 
 
 KINDS: dict[str, FakeKind] = {
     "t.work": FakeKind(default_timeout=45.0),
     "t.quick": FakeKind(default_timeout=2.5),
-    "t.ask": FakeKind(is_approval=True, default_timeout=0.0),
+    "t.ask": FakeKind(is_approval=True, default_timeout=0.0, params=AskParams),
 }
 
 CONTEXT: dict[str, Any] = {
@@ -817,7 +828,11 @@ def test_an_approval_step_requests_an_approval_with_rendered_params_and_waits() 
     assert new.cursor == 1
     assert new.steps["ask"] == StepState(status="waiting", attempt=1, result=None, error=None,
                                          started_ns=now, finished_ns=None,
-                                         due_ns=now + 600 * NS)
+                                         due_ns=now + 600 * NS,
+                                         params=decision.directives[-1].params)
+    assert new.steps["ask"].params == {
+        "options": ["isolate", "dismiss"], "approvers": ["cli:*"],
+        "prompt": "Isolate shop/web-1?", "expires_after_seconds": 600, "on_timeout": "dismiss"}
 
 
 def test_an_approval_without_expires_after_seconds_expires_after_1800_seconds() -> None:
@@ -880,7 +895,8 @@ def test_a_decided_approval_succeeds_with_the_decision_and_the_next_step_runs() 
     assert new.status == "running"
     assert new.steps["ask"] == StepState(status="succeeded", attempt=1, result=result,
                                          error=None, started_ns=T0 + NS, finished_ns=now,
-                                         due_ns=None)
+                                         due_ns=None, params=state.steps["ask"].params)
+    assert new.steps["ask"].params == {"options": ["isolate", "dismiss"], "approvers": ["cli:*"]}
 
 
 def test_a_decision_without_a_reason_has_no_reason_in_its_audit() -> None:

@@ -157,10 +157,6 @@ def test_priority_threshold_with_an_unknown_priority_is_reported(catalog: Catalo
     assert problems[0].message.startswith("match.priority: unknown priority 'Severe'")
 
 
-@pytest.mark.xfail(strict=True, raises=re.error, reason="product bug: "
-                   "responder/playbooks/schema.py:64 (and :43 for output_fields regex) raise "
-                   "re.error, which pydantic does not turn into a ValidationError, so loading "
-                   "crashes instead of reporting")
 def test_rule_regex_that_does_not_compile_is_reported(catalog: Catalog) -> None:
     problems = lint("""\
         name: a
@@ -219,9 +215,6 @@ def test_non_utf8_file_is_reported_not_raised(tmp_path: Path, catalog: Catalog) 
     assert problems[0].message.startswith("not UTF-8")
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: responder/playbooks/loading.py:101 "
-                   "constructs the '<<' key scalar with SafeLoader.construct_object, which raises "
-                   "ConstructorError before line 92 can report the merge key")
 def test_yaml_merge_keys_are_refused(catalog: Catalog) -> None:
     problems = lint("""\
         base: &base {message: hi}
@@ -236,9 +229,6 @@ def test_yaml_merge_keys_are_refused(catalog: Catalog) -> None:
     assert "YAML merge keys are not supported" in [p.message for p in problems]
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: responder/playbooks/loading.py:101 "
-                   "raises ConstructorError for a tag it cannot construct; parse_yaml only "
-                   "catches RecursionError around _construct")
 def test_unknown_yaml_tag_is_reported_not_raised(catalog: Catalog) -> None:
     problems = lint("""\
         name: !custom a
@@ -333,9 +323,6 @@ def test_template_parameters_are_not_validated_statically(catalog: Catalog) -> N
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: a model-level validator error (loc ()) is "
-                   "reported even when the value it is about is a template "
-                   "(responder/playbooks/inspecting.py _check_params)")
 def test_template_on_timeout_is_not_validated_statically(catalog: Catalog) -> None:
     problems = lint("""\
         name: a
@@ -595,9 +582,6 @@ def test_step_needing_its_own_approval_that_reads_one_is_fine(cluster_catalog: C
         """, cluster_catalog) == []
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: _named_by_approval "
-                   "(responder/playbooks/inspecting.py:112) calls check_expression on a bad "
-                   "`if` and lets ExpressionError escape, so lint crashes instead of reporting")
 def test_bad_if_on_a_step_needing_its_own_approval_is_reported_not_raised(
         cluster_catalog: Catalog) -> None:
     problems = lint("""\

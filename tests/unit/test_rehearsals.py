@@ -183,9 +183,6 @@ def test_expired_approval_without_on_timeout_fails_the_run(
     assert result.ok, result.problems
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: on expiry the conductor takes "
-                   "step.with_['on_timeout'] unrendered (responder/conducting/conductor.py:244), "
-                   "so a templated on_timeout becomes the literal template text as the option")
 def test_expired_approval_takes_a_templated_on_timeout_as_rendered(
         plugins: dict[str, registry.Plugin]) -> None:
     text = PLAYBOOK.replace("on_timeout: dismiss",
@@ -286,10 +283,6 @@ def test_alert_file_is_read_relative_to_the_fixture(
     assert first_note["message"].endswith("payments/api-5c7d8-qwert on worker-2")
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason="product bug: rehearse "
-                   "(responder/conducting/rehearsing.py:121) reads alert_file without catching "
-                   "OSError or bad JSON, so `playbooks test` crashes instead of failing the "
-                   "fixture")
 def test_missing_alert_file_is_reported(tmp_path: Path,
                                         plugins: dict[str, registry.Plugin]) -> None:
     result = run(PLAYBOOK, {"alert": None, "alert_file": "alerts/missing.json",
