@@ -214,11 +214,12 @@ class Executor:
         first valid decision wins. Refusals are audited too."""
         now = now_ns()
         try:
-            return self._decide(now, incident_id, approval_id, option, actor, reason)
+            return self._decide(now, incident_id, approval_id, option=option, actor=actor,
+                                reason=reason)
         except _RolledBack as exc:
             return DecisionOutcome(False, str(exc))
 
-    def _decide(self, now: int, incident_id: str | None, approval_id: str | None, option: str,
+    def _decide(self, now: int, incident_id: str | None, approval_id: str | None, *, option: str,
                 actor: str, reason: str | None) -> DecisionOutcome:
         dispatches: list[ev.RunStep] | None = None
         with self.engine.begin() as conn:
