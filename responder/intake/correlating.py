@@ -17,34 +17,35 @@ from sqlalchemy import Connection
 
 from responder.store import slots
 
+# ARGV holds (candidate, ttl ms) per key: windows may differ per playbook.
 _ASSIGN = """
 local out = {}
 for i, key in ipairs(KEYS) do
+  local candidate, ttl = ARGV[2 * i - 1], ARGV[2 * i]
   local current = redis.call('GET', key)
   if current then
-    redis.call('PEXPIRE', key, ARGV[1])
+    redis.call('PEXPIRE', key, ttl)
     out[i] = {current, 0}
   else
-    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
-    out[i] = {ARGV[i + 1], 1}
+    redis.call('SET', key, candidate, 'PX', ttl)
+    out[i] = {candidate, 1}
   end
 end
 return out
 """
 
 # Replace a just-set candidate by the live incident the store knows, unless someone beat us to it.
+# ARGV holds (candidate, live id, ttl ms) per key.
 _ADOPT = """
 local out = {}
 for i, key in ipairs(KEYS) do
+  local candidate, live, ttl = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
   local current = redis.call('GET', key)
-  if current == ARGV[2 * i] then
-    redis.call('SET', key, ARGV[2 * i + 1], 'PX', ARGV[1])
-    out[i] = ARGV[2 * i + 1]
-  elseif current then
+  if current and current ~= candidate then
     out[i] = current
   else
-    redis.call('SET', key, ARGV[2 * i + 1], 'PX', ARGV[1])
-    out[i] = ARGV[2 * i + 1]
+    redis.call('SET', key, live, 'PX', ttl)
+    out[i] = live
   end
 end
 return out
@@ -54,9 +55,10 @@ return out
 class Correlator(Protocol):
     name: str
 
-    def assign(self, conn: Connection, candidates: Mapping[str, str], *,
-               now_ns: int) -> dict[str, str]:
-        """Map every key to the incident its alerts belong to (a candidate id if none is live)."""
+    def assign(self, conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
+               windows: Mapping[str, int] | None = None) -> dict[str, str]:
+        """Map every key to the incident its alerts belong to (a candidate id if none is live).
+        ``windows`` overrides the default window (ns) for some keys."""
         ...
 
     def ping(self) -> None:
@@ -70,9 +72,10 @@ class SqlCorrelator:
     def __init__(self, window_ns: int) -> None:
         self.window_ns = window_ns
 
-    def assign(self, conn: Connection, candidates: Mapping[str, str], *,
-               now_ns: int) -> dict[str, str]:
-        return slots.assign(conn, candidates, now_ns=now_ns, window_ns=self.window_ns)
+    def assign(self, conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
+               windows: Mapping[str, int] | None = None) -> dict[str, str]:
+        return slots.assign(conn, candidates, now_ns=now_ns, window_ns=self.window_ns,
+                            windows=windows)
 
     def ping(self) -> None:
         return None  # the store's own readiness check covers it
@@ -88,12 +91,16 @@ class RedisCorrelator:
         self._assign = client.register_script(_ASSIGN)
         self._adopt = client.register_script(_ADOPT)
 
-    def assign(self, conn: Connection, candidates: Mapping[str, str], *,
-               now_ns: int) -> dict[str, str]:
+    def assign(self, conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
+               windows: Mapping[str, int] | None = None) -> dict[str, str]:
         keys = list(candidates)
-        ttl_ms = max(1, self.window_ns // 1_000_000)
+        windows = windows or {}
+        ttl_ms = {k: max(1, windows.get(k, self.window_ns) // 1_000_000) for k in keys}
         redis_keys = [self.prefix + k for k in keys]
-        raw = self._assign(keys=redis_keys, args=[ttl_ms, *(candidates[k] for k in keys)])
+        args: list[str | int] = []
+        for key in keys:
+            args += [candidates[key], ttl_ms[key]]
+        raw = self._assign(keys=redis_keys, args=args)
         out: dict[str, str] = {}
         created: list[str] = []
         for key, (incident_id, was_set) in zip(keys, raw, strict=True):
@@ -101,13 +108,15 @@ class RedisCorrelator:
             if int(was_set):
                 created.append(key)
         if created:
-            live = slots.live_incidents(conn, created, since_ns=now_ns - self.window_ns)
+            live = slots.live_incidents(conn, created, since_ns=now_ns, windows={
+                k: windows.get(k, self.window_ns) for k in created})
             if live:
                 adopt_keys = list(live)
-                args: list[str | int] = [ttl_ms]
+                adopt_args: list[str | int] = []
                 for key in adopt_keys:
-                    args += [out[key], live[key]]
-                adopted = self._adopt(keys=[self.prefix + k for k in adopt_keys], args=args)
+                    adopt_args += [out[key], live[key], ttl_ms[key]]
+                adopted = self._adopt(keys=[self.prefix + k for k in adopt_keys],
+                                      args=adopt_args)
                 for key, incident_id in zip(adopt_keys, adopted, strict=True):
                     out[key] = _text(incident_id)
         return out

@@ -10,7 +10,8 @@ from sqlalchemy import Connection
 
 from responder.conducting.context import alert_context
 from responder.conducting.state import RunState
-from responder.models.incidents import new_incident_id
+from responder.models.alerts import Alert
+from responder.models.incidents import KeySpec, new_incident_id
 from responder.models.times import format_ns
 from responder.playbooks.matching import select
 from responder.playbooks.schema import Playbook
@@ -22,6 +23,18 @@ class RunPlanner:
     def __init__(self, playbooks: Sequence[Playbook]) -> None:
         self.playbooks = list(playbooks)
         self._specs = {p.name: p.model_dump(mode="json", by_alias=True) for p in self.playbooks}
+        self._correlation: dict[str, tuple[KeySpec | None, int | None]] = {
+            p.name: (KeySpec.parse(p.correlation.key) if p.correlation.key else None,
+                     int(p.correlation.window_seconds * 1e9)
+                     if p.correlation.window_seconds else None)
+            for p in self.playbooks if p.correlation is not None}
+        #: Matching every alert costs time: only done when some playbook overrides correlation.
+        self.has_correlation = bool(self._correlation)
+
+    def correlation_for(self, alert: Alert) -> tuple[KeySpec | None, int | None] | None:
+        """The key spec and window (ns) of the playbook this alert would run, if it sets them."""
+        playbook = select(self.playbooks, alert)
+        return self._correlation.get(playbook.name) if playbook is not None else None
 
     def plan(self, conn: Connection, groups: Sequence[AlertGroup], *,
              now_ns: int) -> list[str]:

@@ -49,13 +49,27 @@ class Recorder:
         """Record alerts; with ``batch_id``, a batch seen before is acknowledged and skipped."""
         if not alerts:
             return Recorded([])
-        keys = [incident_key(a, self.key_spec) for a in alerts]
+        windows: dict[str, int] = {}
+        keys: list[str] = []
+        overrides = self.planner.correlation_for if self.planner is not None and \
+            self.planner.has_correlation else None
+        for alert in alerts:
+            override = overrides(alert) if overrides is not None else None
+            if override is None:
+                keys.append(incident_key(alert, self.key_spec))
+                continue
+            spec, window = override
+            key = incident_key(alert, spec or self.key_spec)
+            keys.append(key)
+            if window is not None:
+                windows[key] = window
         candidates = {k: new_incident_id() for k in dict.fromkeys(keys)}
         received = now_ns()
         with self.engine.begin() as conn:
             if batch_id is not None and recording.batch_already_recorded(conn, batch_id):
                 return Recorded([], duplicate_batch=True)
-            by_key = self.correlator.assign(conn, candidates, now_ns=received)
+            by_key = self.correlator.assign(conn, candidates, now_ns=received,
+                                            windows=windows or None)
             members: dict[str, list[Alert]] = {}
             for key, alert in zip(keys, alerts, strict=True):
                 members.setdefault(key, []).append(alert)

@@ -12,7 +12,7 @@ from responder.store.schema import correlation_slots, incidents
 
 
 def assign(conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
-           window_ns: int) -> dict[str, str]:
+           window_ns: int, windows: Mapping[str, int] | None = None) -> dict[str, str]:
     """Atomically map each key to its live incident, or to its candidate id when it has none.
 
     One upsert per key: a live slot keeps its incident and slides its window; an expired or
@@ -24,7 +24,8 @@ def assign(conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
     keys = sorted(candidates)  # fixed lock order across concurrent batches
     for start in range(0, len(keys), 500):
         stmt = upsert(conn, correlation_slots).values([
-            {"key": key, "incident_id": candidates[key], "expires_ns": now_ns + window_ns}
+            {"key": key, "incident_id": candidates[key],
+             "expires_ns": now_ns + (windows or {}).get(key, window_ns)}
             for key in keys[start:start + 500]
         ])
         ex = stmt.excluded
@@ -39,14 +40,18 @@ def assign(conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
     return out
 
 
-def live_incidents(conn: Connection, keys: list[str], *, since_ns: int) -> dict[str, str]:
-    """The newest incident per key that received an alert at or after ``since_ns``."""
+def live_incidents(conn: Connection, keys: list[str], *, since_ns: int,
+                   windows: Mapping[str, int]) -> dict[str, str]:
+    """The newest incident per key that received an alert within its window before
+    ``since_ns`` (now)."""
     if not keys:
         return {}
+    oldest = since_ns - max(windows.values())
     rows = conn.execute(
-        select(incidents.c.key, incidents.c.id)
+        select(incidents.c.key, incidents.c.id, incidents.c.last_received_ns)
         .where(incidents.c.key.in_(keys))
-        .where(incidents.c.last_received_ns >= since_ns)
+        .where(incidents.c.last_received_ns >= oldest)
         .order_by(incidents.c.opened_at_ns)
     )
-    return {row.key: row.id for row in rows}
+    return {row.key: row.id for row in rows
+            if row.last_received_ns >= since_ns - windows[row.key]}
