@@ -96,6 +96,7 @@ class Row:
     measured: str
     target: str = "-"
     met: bool | None = None
+    timing: bool = True  # a speed figure (other load on the machine can depress it)
 
     @property
     def verdict(self) -> str:
@@ -693,7 +694,7 @@ def bench_storm(cfg: Config, report: Report, workdir: Path, profiler: Profiler) 
     if listed.returncode != 0:
         report.add(Row("Storm: incidents afterwards (CLI incidents list --json)",
                        f"CLI failed: {listed.stderr.strip()[:200]}",
-                       f"exactly {CONTAINERS}, alert_count sum {total:,}", False))
+                       f"exactly {CONTAINERS}, alert_count sum {total:,}", False, timing=False))
     else:
         incidents = json.loads(listed.stdout)
         count = len(incidents)
@@ -701,16 +702,16 @@ def bench_storm(cfg: Config, report: Report, workdir: Path, profiler: Profiler) 
         report.add(Row("Storm: incidents afterwards (CLI incidents list --json)",
                        f"{count} incidents, alert_count sum {summed:,}",
                        f"exactly {CONTAINERS}, sum {total:,}",
-                       count == CONTAINERS and summed == total))
+                       count == CONTAINERS and summed == total, timing=False))
     growth = rss_after - rss_before
     report.add(Row("Storm: ingest RSS before -> after",
                    f"{rss_before / MB:.0f} MB -> {rss_after / MB:.0f} MB "
                    f"({growth / MB:+.0f} MB; peak {rss_peak / MB:.0f} MB)",
-                   "flat: growth < 50 MB", growth < 50 * MB))
+                   "flat: growth < 50 MB", growth < 50 * MB, timing=False))
     verdict = (verified.stdout + verified.stderr).strip().splitlines()
     report.add(Row("Storm: `drift-responder audit verify`",
                    (verdict[-1] if verdict else f"exit {verified.returncode}"), "passes",
-                   verified.returncode == 0))
+                   verified.returncode == 0, timing=False))
     if len(samples) >= 4:
         # Working set vs leak: growth from 10% of the storm's duration to its end.
         cut = samples[-1][0] * 0.1
@@ -718,7 +719,7 @@ def bench_storm(cfg: Config, report: Report, workdir: Path, profiler: Profiler) 
         late = samples[-1][1]
         report.add(Row("Storm: ingest RSS from 10% of the storm to its end (leak check)",
                        f"{early / MB:.0f} MB -> {late / MB:.0f} MB "
-                       f"({(late - early) / MB:+.0f} MB)"))
+                       f"({(late - early) / MB:+.0f} MB)", timing=False))
     trajectory = _trajectory(samples)
     report.note(f"{name}: {storm['accepted']:,} of {storm['sent']:,} alerts accepted in "
                 f"{storm['batches']} requests, {storm['elapsed_s']:.1f} s, statuses "
@@ -821,6 +822,11 @@ def write_results(path: Path, cfg: Config, report: Report, facts: list[tuple[str
         "connections (DRIFT_MAX_BODY_BYTES raised to fit them); RSS is VmRSS from "
         "/proc/<pid>/status one second after start-up (before) and one second after the last "
         "answer (after); peak is VmHWM.",
+        "- Before each benchmark the script waits (up to 90 s) for the machine to be idle, "
+        "measures the CPU used by everything else during each measurement, and runs a "
+        "benchmark again when that foreign load exceeded "
+        f"{FOREIGN_LOAD_LIMIT_PCT:.0f}% of a core.",
+        "- Where the time goes (profiles and suggestions): bench/PROFILE.md.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -849,10 +855,10 @@ def main() -> int:
     parser.add_argument("--retries", type=int, default=None,
                         help="run a benchmark again (at most this often) when other work used "
                              f"more than {FOREIGN_LOAD_LIMIT_PCT:.0f}%% of a core during it "
-                             "(default 2; 0 with --quick)")
+                             "(default 1; 0 with --quick)")
     args = parser.parse_args()
     cfg = Config.make(args.quick)
-    retries = args.retries if args.retries is not None else 0 if args.quick else 2
+    retries = args.retries if args.retries is not None else 0 if args.quick else 1
     overrides = {"duration_s": args.duration, "storm_total": args.storm_total,
                  "storm_batch": args.storm_batch}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -904,9 +910,10 @@ def main() -> int:
             chosen.notes.append(
                 f"{name}: **the machine was shared**: work foreign to the benchmark used "
                 f"{chosen.foreign_pct:.0f}% of a core during the best of {len(attempts)} "
-                "attempt(s), so these figures are lower than on an idle machine")
+                "attempt(s), so its speed figures may be lower than on an idle machine")
             for row in chosen.rows:
-                row.measured += " (machine shared)"
+                if row.timing:
+                    row.measured += " (machine shared)"
         elif len(attempts) > 1:
             chosen.notes.append(f"{name}: figures from attempt {attempts.index(chosen) + 1} of "
                                 f"{len(attempts)}; the others ran while other work used the "

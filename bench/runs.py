@@ -210,6 +210,7 @@ class CpuMeter:
 
     def __init__(self, roles: dict[int, str]) -> None:
         self.roles = roles
+        self.others: list[tuple[str, float]] = []
 
     def start(self) -> None:
         self._t = time.perf_counter()
@@ -222,6 +223,7 @@ class CpuMeter:
         busy, total = _machine()
         cores = os.cpu_count() or 1
         used: dict[str, float] = {}
+        others: dict[str, float] = {}
         for pid, (name, seconds) in now.items():
             before = self._all.get(pid)
             delta = seconds - (before[1] if before and before[0] == name else 0.0)
@@ -237,16 +239,20 @@ class CpuMeter:
                 role = "redis"
             else:
                 role = "other"
+                others[name] = others.get(name, 0.0) + 100 * delta / wall
             used[role] = used.get(role, 0.0) + 100 * delta / wall
         used["machine"] = 100 * cores * (busy - self._busy[0]) / max(1.0, total - self._busy[1])
+        self.others = sorted(others.items(), key=lambda kv: -kv[1])[:4]
         return used
 
 
-def describe_cpu(used: dict[str, float]) -> str:
+def describe_cpu(used: dict[str, float], meter: CpuMeter) -> str:
     cores = os.cpu_count() or 1
     parts = [f"{k} {v:.0f}%" for k, v in sorted(used.items(), key=lambda kv: -kv[1])
              if k != "machine" and v >= 0.5]
-    return (f"CPU (% of one core): {', '.join(parts) or 'none'}; whole machine "
+    other = ", ".join(f"{n} {v:.0f}%" for n, v in meter.others if v >= 1)
+    return (f"CPU (% of one core): {', '.join(parts) or 'none'}"
+            f"{f' (other: {other})' if other else ''}; whole machine "
             f"{used.get('machine', 0):.0f}% of {cores * 100}%")
 
 
@@ -658,7 +664,7 @@ def bench_latency(stack: Stack, poster: Poster, cfg: Config, report: Report,
         f"before the client saw the 202 (the start task is sent before the answer); slowest "
         f"202 -> step.started: " + ", ".join(
             f"{ms(s.step_started_ns - s.accepted_ns)} (request {ms(s.accepted_ns - s.sent_ns)})"
-            for s in reversed(slow)) + f"; {describe_cpu(cpu)}")
+            for s in reversed(slow)) + f"; {describe_cpu(cpu, meter)}")
     hist = histogram([v / MS for v in to_start])
     report.note(f"latency: distribution of 202 -> step.started (ms: count): {hist}")
 
@@ -748,7 +754,8 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
         f"{(posted - t0) / 1e9:.2f} s ({n / max(1e-9, (posted - t0) / 1e9):,.0f} alerts/s); "
         f"at most {max_queue:,} messages waited in the queue; audit records for these runs: "
         f"{steps}; beat sweeps over the whole benchmark (re-sent starts, re-dispatched "
-        f"leases, ...): {sweeps}; stale events seen by the workers: {stale}; {describe_cpu(cpu)}")
+        f"leases, ...): {sweeps}; stale events seen by the workers: {stale}; "
+        f"{describe_cpu(cpu, meter)}")
     step = max(1, len(trajectory) // 12)
     picked = trajectory[::step] + ([trajectory[-1]] if trajectory[-1] not in
                                    trajectory[::step] else [])

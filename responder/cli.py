@@ -415,11 +415,13 @@ def _catalog(plugins: Any) -> dict[str, Any]:
 
 
 def _executor(ctx: click.Context) -> Any:
+    from responder.plugins import runtime
     from responder.plugins.registry import load_all
     from responder.workers.app import CeleryDispatcher, make_celery
     from responder.workers.executing import Executor
 
     settings = _settings(ctx)
+    runtime.install(settings)
     backends = _open(ctx)
     app = make_celery(settings)
     executor = Executor(backends.engine, load_all(settings.plugin_module_list),
@@ -501,3 +503,129 @@ def _redact(url: str) -> str:
         return make_url(url.removeprefix("sqla+")).render_as_string(hide_password=True)
     except Exception:
         return url.rsplit("@", maxsplit=1)[-1]
+
+
+@main.group("pods")
+def pods_group() -> None:
+    """Manual cluster actions, audited as cli:<user>."""
+
+
+def _pod_action(ctx: click.Context, action: str, target: str, params: dict[str, Any],
+                incident_id: str | None) -> None:
+    import getpass
+
+    from responder.kube.client import KubeError
+    from responder.plugins import runtime
+    from responder.plugins.kubernetes import ProtectedNamespace
+    from responder.plugins.registry import RecordingContext, load_all
+
+    namespace, _, pod = target.partition("/")
+    if not namespace or not pod:
+        raise click.UsageError(f"expected NAMESPACE/POD, got {target!r}")
+    settings = _settings(ctx)
+    runtime.install(settings)
+    plugin = load_all(settings.plugin_module_list)[f"kubernetes.{action}"]
+    actor = f"cli:{getpass.getuser()}"
+    backends = _open(ctx)
+    step = RecordingContext("manual", action, 1, {"id": incident_id or "manual"}, {})
+    try:
+        result = plugin.run(step, plugin.params.model_validate(
+            {"namespace": namespace, "pod": pod, **params}))
+        payload = result.model_dump(mode="json")
+        failed = payload["status"] in ("blocked_by_pdb", "target_changed")
+    except (KubeError, ProtectedNamespace) as exc:
+        payload, failed = {"status": "error", "error": str(exc)}, True
+    entries = [audit.AuditEntry(kind=kind, actor=actor, incident_id=incident_id,
+                                data={"target": target, **data}) for kind, data in step.records]
+    entries.append(audit.AuditEntry(kind=f"manual.{action}", actor=actor,
+                                    incident_id=incident_id,
+                                    data={"target": target, "result": payload}))
+    with backends.engine.begin() as conn:
+        audit.append(conn, entries)
+    sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+    if failed:
+        err.print(f"{action} {target}: {payload.get('error') or payload['status']}",
+                  markup=False)
+        sys.exit(1)
+
+
+@pods_group.command("isolate")
+@click.argument("target")
+@click.option("--incident", "incident_id", default=None)
+@click.option("--dry-run", is_flag=True, default=None)
+@click.option("--allow-protected", is_flag=True)
+@click.pass_context
+def pods_isolate(ctx: click.Context, target: str, incident_id: str | None,
+                 dry_run: bool | None, allow_protected: bool) -> None:
+    """Quarantine NAMESPACE/POD (reversible with `pods release`)."""
+    _pod_action(ctx, "isolate", target, {"dry_run": dry_run or None,
+                                         "allow_protected": allow_protected}, incident_id)
+
+
+@pods_group.command("release")
+@click.argument("target")
+@click.option("--dry-run", is_flag=True, default=None)
+@click.option("--allow-protected", is_flag=True)
+@click.pass_context
+def pods_release(ctx: click.Context, target: str, dry_run: bool | None,
+                 allow_protected: bool) -> None:
+    """Undo isolate for NAMESPACE/POD."""
+    _pod_action(ctx, "release", target, {"dry_run": dry_run or None,
+                                         "allow_protected": allow_protected}, None)
+
+
+@pods_group.command("evict")
+@click.argument("target")
+@click.option("--grace-period", type=int, default=None)
+@click.option("--dry-run", is_flag=True, default=None)
+@click.option("--allow-protected", is_flag=True)
+@click.pass_context
+def pods_evict(ctx: click.Context, target: str, grace_period: int | None,
+               dry_run: bool | None, allow_protected: bool) -> None:
+    """Evict NAMESPACE/POD through the Eviction API (exits 1 when a budget blocks it)."""
+    _pod_action(ctx, "evict", target, {"dry_run": dry_run or None,
+                                       "allow_protected": allow_protected,
+                                       "grace_period_seconds": grace_period}, None)
+
+
+@main.command()
+@click.option("--playbooks", "playbooks_dir", type=click.Path(path_type=Path), default=None,
+              help="Only the plug-ins these playbooks use (default: DRIFT_PLAYBOOKS_DIR).")
+@click.option("--all", "everything", is_flag=True, help="Every registered plug-in.")
+@click.option("--name", default="drift-responder", show_default=True)
+@click.option("--namespace", default=None, help="Print a namespaced Role instead.")
+@click.pass_context
+def rbac(ctx: click.Context, playbooks_dir: Path | None, everything: bool, name: str,
+         namespace: str | None) -> None:
+    """Print the least-privilege ClusterRole (or Role) the playbooks' plug-ins need."""
+    import yaml
+
+    from responder.playbooks.inspecting import lint_paths
+    from responder.plugins.registry import load_all
+
+    settings = _settings(ctx)
+    plugins = {p.name: p for p in load_all(settings.plugin_module_list)}
+    if everything:
+        used = set(plugins)
+    else:
+        report = lint_paths([playbooks_dir or settings.playbooks_dir], plugins)
+        used = {s.uses for p in report.playbooks for s in p.steps}
+    merged: dict[tuple[str, str], set[str]] = {}
+    for plugin_name in sorted(used):
+        plugin = plugins.get(plugin_name)
+        for rule in plugin.rbac if plugin else ():
+            for group in rule.api_groups:
+                for resource in rule.resources:
+                    merged.setdefault((group, resource), set()).update(rule.verbs)
+    rules: list[dict[str, Any]] = []
+    for (group, resource), verbs in sorted(merged.items()):
+        rules.append({"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs)})
+    role: dict[str, Any] = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role" if namespace else "ClusterRole",
+        "metadata": {"name": name, **({"namespace": namespace} if namespace else {}),
+                     "labels": {"app.kubernetes.io/name": "drift-responder"}},
+        "rules": rules,
+    }
+    sys.stdout.write(f"# plug-ins: {', '.join(sorted(used)) or '(none)'}\n")
+    sys.stdout.write(yaml.safe_dump(role, sort_keys=False))

@@ -58,6 +58,22 @@ class Settings(BaseSettings):
     lease_grace_seconds: float = Field(
         default=10.0, gt=0, description="How long a step may go unclaimed, or run past its "
         "timeout, before the beat dispatches it again.")
+    kube_host: str | None = Field(default=None, description="Kubernetes API URL (else "
+                                  "in-cluster config, else kubeconfig).")
+    kube_token: SecretStr | None = Field(default=None, description="Bearer token for kube_host.")
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig path (default: "
+                                   "$KUBECONFIG or ~/.kube/config).")
+    kube_context: str | None = Field(default=None, description="Kubeconfig context.")
+    kube_timeout_seconds: float = Field(default=10.0, gt=0)
+    kube_retries: int = Field(default=4, ge=0, le=10)
+    dry_run: bool = Field(default=False, description="Cluster actions only say what they would "
+                          "send.")
+    protected_namespaces: str = Field(default="kube-system,kube-public,kube-node-lease",
+                                      description="Refused unless a step allows it.")
+    namespace: str | None = Field(default=None, description="The responder's own namespace "
+                                  "(also protected).")
+    isolate_strip_labels: str = Field(default="", description="Labels isolation removes "
+                                      "(default: those its controller and Services select on).")
     plugin_modules: str = Field(default="", description="Extra plug-in modules to import "
                                 "(comma-separated), besides the entry point group.")
 
@@ -76,6 +92,11 @@ class Settings(BaseSettings):
         if self.redis_url:
             return self.redis_url
         return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def protected_namespace_set(self) -> set[str]:
+        names = {n.strip() for n in self.protected_namespaces.split(",") if n.strip()}
+        return names | ({self.namespace} if self.namespace else set())
 
     @property
     def plugin_module_list(self) -> list[str]:

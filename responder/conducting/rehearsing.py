@@ -33,7 +33,7 @@ from responder.conducting.state import RunState
 from responder.models.alerts import InvalidAlert, parse_alert
 from responder.playbooks.loading import parse_yaml
 from responder.playbooks.schema import Playbook
-from responder.plugins.registry import Plugin
+from responder.plugins.registry import Plugin, RecordingContext
 
 NS = 1_000_000_000
 #: Plug-ins that compute without side effects run for real in rehearsals when not mocked.
@@ -83,19 +83,6 @@ class Rehearsal:
     started: list[str] = field(default_factory=list)
     status: str | None = None
     audit: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-
-@dataclass
-class _Ctx:
-    run_id: str
-    step_id: str
-    attempt: int
-    incident: Mapping[str, Any]
-    alert: Mapping[str, Any]
-    records: list[tuple[str, dict[str, Any]]]
-
-    def audit(self, kind: str, data: dict[str, Any]) -> None:
-        self.records.append((kind, data))
 
 
 def load_fixture(path: Path) -> tuple[Fixture | None, list[str]]:
@@ -209,8 +196,8 @@ def _run(directive: ev.RunStep, fixture: Fixture, attempts: dict[str, int], *,
         return ev.StepSucceeded(sid, directive.attempt, {}, now)
     try:
         params = plugin.params.model_validate(directive.params)
-        ctx = _Ctx("rehearsal", sid, directive.attempt, context["incident"], context["alert"],
-                   report.audit)
+        ctx = RecordingContext("rehearsal", sid, directive.attempt, context["incident"],
+                               context["alert"], report.audit)
         return ev.StepSucceeded(sid, directive.attempt, plugin.run(ctx, params).model_dump(),
                                 now)
     except (ValidationError, ValueError) as exc:

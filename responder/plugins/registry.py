@@ -40,6 +40,22 @@ class StepContext(Protocol):
         """Record an audit entry in the same transaction as the step's result."""
 
 
+@dataclass
+class RecordingContext:
+    """A StepContext that keeps the audit entries a plug-in records, for the caller to commit
+    together with the step's result (or to show, in a rehearsal)."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    incident: Mapping[str, Any]
+    alert: Mapping[str, Any]
+    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def audit(self, kind: str, data: dict[str, Any]) -> None:
+        self.records.append((kind, data))
+
+
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 Runner = Callable[[StepContext, Any], BaseModel]
@@ -118,6 +134,7 @@ def load_all(extra_modules: Iterable[str] = ()) -> Registry:
     """Import the built-ins, every entry point, and ``extra_modules``; idempotent."""
     if "builtins" not in _loaded:
         importlib.import_module("responder.plugins.core")
+        importlib.import_module("responder.plugins.kubernetes")
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             entry.load()
         _loaded.add("builtins")

@@ -15,8 +15,7 @@ import hashlib
 import os
 import socket
 import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,7 +29,7 @@ from responder.conducting.state import RETRY_WAIT, RUNNING, WAITING, RunState
 from responder.models.times import format_ns, now_ns
 from responder.playbooks import expressions
 from responder.playbooks.schema import Playbook
-from responder.plugins.registry import Plugin, Registry
+from responder.plugins.registry import Plugin, RecordingContext, Registry
 from responder.store import audit, runs
 
 log = structlog.get_logger("drift.worker")
@@ -39,19 +38,6 @@ NS = 1_000_000_000
 DISPATCH_GRACE_S = 10.0
 #: Deliveries of one attempt before the beat gives up and times the attempt out.
 MAX_DISPATCHES = 3
-
-
-@dataclass
-class _StepContext:
-    run_id: str
-    step_id: str
-    attempt: int
-    incident: Mapping[str, Any]
-    alert: Mapping[str, Any]
-    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def audit(self, kind: str, data: dict[str, Any]) -> None:
-        self.records.append((kind, data))
 
 
 @dataclass
@@ -187,8 +173,8 @@ class Executor:
         scope = {**record.context, "steps": {
             sid: {"status": s.status, "result": s.result, "error": s.error}
             for sid, s in RunState.from_json(record.state).steps.items()}}
-        ctx = _StepContext(run_id, step_id, attempt, record.context.get("incident", {}),
-                           record.context.get("alert", {}))
+        ctx = RecordingContext(run_id, step_id, attempt, record.context.get("incident", {}),
+                               record.context.get("alert", {}))
         event: ev.Event
         try:
             if plugin is None:

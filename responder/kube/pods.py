@@ -1,0 +1,376 @@
+"""What the responder does to pods: read their context, isolate, release, evict, delete, label.
+
+Every change is pinned to the pod UID it was approved for, is safe to repeat, and in dry-run
+returns the exact patches and objects it would send instead of sending them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from responder.kube import selectors
+from responder.kube.client import Blocked, Cluster, Conflict, NotFound
+
+QUARANTINE_LABEL = "drift-responder.io/quarantine"
+INCIDENT_ANNOTATION = "drift-responder.io/incident"
+ISOLATED_AT_ANNOTATION = "drift-responder.io/isolated-at"
+ORIGINAL_LABELS_ANNOTATION = "drift-responder.io/removed-labels"
+POLICY_NAME = "drift-responder-quarantine"
+MERGE = "application/merge-patch+json"
+_BUDGET = re.compile(r"disruption budget (?P<name>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)", re.I)
+
+
+def quarantine_policy(namespace: str) -> dict[str, Any]:
+    """Deny all ingress and egress for quarantined pods (policy types set, no rules)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": POLICY_NAME, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "drift-responder"}},
+        "spec": {"podSelector": {"matchExpressions": [
+                     {"key": QUARANTINE_LABEL, "operator": "Exists"}]},
+                 "policyTypes": ["Ingress", "Egress"]},
+    }
+
+
+@dataclass
+class Outcome:
+    """The result of an action: what happened, and the pod before and after (for the audit)."""
+
+    status: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+def get_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    pod: dict[str, Any] = cluster.call(f"get pod {namespace}/{name}",
+                                       cluster.core.read_namespaced_pod, name, namespace)
+    return pod
+
+
+def find_pod_by_container(cluster: Cluster, container_id: str,
+                          node: str | None = None) -> dict[str, Any] | None:
+    """The pod running a container (12-char or full id), among the node's pods when known."""
+    kwargs: dict[str, Any] = {}
+    if node:
+        kwargs["field_selector"] = f"spec.nodeName={node}"
+    listing = cluster.call("list pods", cluster.core.list_pod_for_all_namespaces, **kwargs)
+    wanted = container_id.lower()
+    for pod in listing.get("items", []):
+        for status in (pod.get("status", {}).get("containerStatuses") or []) + \
+                (pod.get("status", {}).get("initContainerStatuses") or []):
+            cid = str(status.get("containerID") or "").split("://")[-1].lower()
+            if cid and (cid == wanted or cid.startswith(wanted)):
+                return dict(pod)
+    return None
+
+
+def summary(pod: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a pod the audit trail keeps (before/after states)."""
+    meta = pod.get("metadata", {})
+    return {"namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                            if k.startswith("drift-responder.io/")},
+            "node": pod.get("spec", {}).get("nodeName"),
+            "phase": pod.get("status", {}).get("phase")}
+
+
+def context(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any]:
+    """Owner chain, images with digests, and what selects the pod (Services, NetworkPolicies,
+    PodDisruptionBudgets)."""
+    meta = pod["metadata"]
+    namespace = meta["namespace"]
+    labels = meta.get("labels") or {}
+    owners = owner_chain(cluster, namespace, meta.get("ownerReferences") or [])
+    services = cluster.call("list services", cluster.core.list_namespaced_service, namespace)
+    policies = cluster.call("list networkpolicies",
+                            cluster.networking.list_namespaced_network_policy, namespace)
+    budgets = cluster.call("list poddisruptionbudgets",
+                           cluster.policy.list_namespaced_pod_disruption_budget, namespace)
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return {
+        "namespace": namespace, "pod": meta["name"], "uid": meta["uid"],
+        "node": pod.get("spec", {}).get("nodeName"), "labels": labels,
+        "owners": owners,
+        "containers": [{"name": s.get("name"), "image": s.get("image"),
+                        "image_id": s.get("imageID"), "container_id": s.get("containerID")}
+                       for s in statuses],
+        "services": [s["metadata"]["name"] for s in services.get("items", [])
+                     if selectors.service_selects(s.get("spec", {}).get("selector"), labels)],
+        "network_policies": [p["metadata"]["name"] for p in policies.get("items", [])
+                             if selectors.matches(p.get("spec", {}).get("podSelector"), labels)],
+        "disruption_budgets": [b["metadata"]["name"] for b in budgets.get("items", [])
+                               if selectors.matches(b.get("spec", {}).get("selector"), labels)],
+    }
+
+
+_OWNER_READERS = {
+    "ReplicaSet": ("apps", "read_namespaced_replica_set"),
+    "Deployment": ("apps", "read_namespaced_deployment"),
+    "StatefulSet": ("apps", "read_namespaced_stateful_set"),
+    "DaemonSet": ("apps", "read_namespaced_daemon_set"),
+    "Job": ("batch", "read_namespaced_job"),
+}
+
+
+def owner_chain(cluster: Cluster, namespace: str,
+                refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ReplicaSet -> Deployment, StatefulSet, DaemonSet, Job (-> CronJob), with selectors."""
+    chain: list[dict[str, Any]] = []
+    current = [r for r in refs if r.get("controller")] or refs
+    for _ in range(4):
+        if not current:
+            break
+        ref = current[0]
+        kind, name = ref.get("kind"), ref.get("name")
+        entry: dict[str, Any] = {"kind": kind, "name": name, "uid": ref.get("uid")}
+        chain.append(entry)
+        reader = _OWNER_READERS.get(str(kind))
+        if reader is None:
+            break
+        api = getattr(cluster, reader[0])
+        try:
+            owner = cluster.call(f"get {kind} {namespace}/{name}", getattr(api, reader[1]),
+                                 name, namespace)
+        except NotFound:
+            entry["missing"] = True
+            break
+        entry["selector"] = owner.get("spec", {}).get("selector")
+        current = [r for r in owner["metadata"].get("ownerReferences") or []
+                   if r.get("controller")]
+    return chain
+
+
+def labels_to_strip(cluster: Cluster, pod: dict[str, Any],
+                    configured: list[str] | None = None) -> list[str]:
+    """The labels that put the pod into its controller and its Services (or the configured
+    list): removing them lets the controller start a clean replacement and takes the pod out of
+    load balancing, while the suspect pod stays for forensics."""
+    labels = pod["metadata"].get("labels") or {}
+    if configured:
+        return sorted(k for k in configured if k in labels)
+    keys: set[str] = set()
+    for owner in owner_chain(cluster, pod["metadata"]["namespace"],
+                             pod["metadata"].get("ownerReferences") or []):
+        keys |= selectors.keys_of(owner.get("selector"))
+    services = cluster.call("list services", cluster.core.list_namespaced_service,
+                            pod["metadata"]["namespace"])
+    for service in services.get("items", []):
+        selector = service.get("spec", {}).get("selector")
+        if selectors.service_selects(selector, labels):
+            keys |= set(selector)
+    keys.discard(QUARANTINE_LABEL)
+    return sorted(k for k in keys if k in labels)
+
+
+def _pinned(pod: dict[str, Any], expected_uid: str | None) -> bool:
+    return expected_uid is None or pod["metadata"].get("uid") == expected_uid
+
+
+def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, now: str,
+            expected_uid: str | None, strip: list[str] | None = None,
+            dry_run: bool = False) -> Outcome:
+    pod = get_pod(cluster, namespace, name)
+    before = summary(pod)
+    if not _pinned(pod, expected_uid):
+        return Outcome("target_changed", {"expected_uid": expected_uid,
+                                          "found_uid": before["uid"]}, before)
+    labels = pod["metadata"].get("labels") or {}
+    annotations = pod["metadata"].get("annotations") or {}
+    if labels.get(QUARANTINE_LABEL) == incident_id and not dry_run:
+        # Already done (a repeated step): make sure the policy exists, report the same result.
+        removed = json.loads(annotations.get(ORIGINAL_LABELS_ANNOTATION, "{}"))
+        ensure_policy(cluster, namespace)
+        return Outcome("isolated", _isolation_detail(cluster, pod, removed), before,
+                       summary(pod))
+    removed = {k: labels[k] for k in labels_to_strip(cluster, pod, strip)}
+    patch = {"metadata": {
+        "resourceVersion": pod["metadata"]["resourceVersion"],
+        "labels": {**dict.fromkeys(removed), QUARANTINE_LABEL: incident_id},
+        "annotations": {INCIDENT_ANNOTATION: incident_id, ISOLATED_AT_ANNOTATION: now,
+                        ORIGINAL_LABELS_ANNOTATION: json.dumps(removed, sort_keys=True)},
+    }}
+    policy = quarantine_policy(namespace)
+    if dry_run:
+        return Outcome("dry_run", {"pod_patch": patch, "patch_content_type": MERGE,
+                                   "network_policy": policy, "removed_labels": removed},
+                       before)
+    ensure_policy(cluster, namespace)  # first: the pod is never labelled but unprotected
+    try:
+        after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
+                             name, namespace, patch, _content_type=MERGE)
+    except Conflict:
+        # The pod changed between read and patch: decide again on its current state.
+        return isolate(cluster, namespace, name, incident_id=incident_id, now=now,
+                       expected_uid=expected_uid, strip=strip, dry_run=dry_run)
+    return Outcome("isolated", _isolation_detail(cluster, after, removed), before,
+                   summary(after))
+
+
+def ensure_policy(cluster: Cluster, namespace: str) -> str:
+    """Create the namespace's quarantine policy unless it exists ("created" or "existing")."""
+    try:
+        cluster.call(f"create networkpolicy {namespace}/{POLICY_NAME}",
+                     cluster.networking.create_namespaced_network_policy, namespace,
+                     quarantine_policy(namespace))
+        return "created"
+    except Conflict:
+        return "existing"
+
+
+def _isolation_detail(cluster: Cluster, pod: dict[str, Any],
+                      removed: dict[str, str]) -> dict[str, Any]:
+    """Read back what selects the pod now; name policies that could still allow traffic."""
+    fresh = get_pod(cluster, pod["metadata"]["namespace"], pod["metadata"]["name"])
+    ctx = context(cluster, fresh)
+    policies = cluster.call("list networkpolicies",
+                            cluster.networking.list_namespaced_network_policy,
+                            fresh["metadata"]["namespace"])
+    labels = fresh["metadata"].get("labels") or {}
+    allowing = sorted(
+        p["metadata"]["name"] for p in policies.get("items", [])
+        if p["metadata"]["name"] != POLICY_NAME
+        and selectors.matches(p.get("spec", {}).get("podSelector"), labels)
+        and (p.get("spec", {}).get("ingress") or p.get("spec", {}).get("egress")))
+    return {"pod": fresh["metadata"]["name"], "namespace": fresh["metadata"]["namespace"],
+            "uid": fresh["metadata"]["uid"], "removed_labels": removed,
+            "quarantine_label": {QUARANTINE_LABEL: labels.get(QUARANTINE_LABEL)},
+            "network_policy": POLICY_NAME,
+            "selected_by_services": ctx["services"],
+            "selected_by_network_policies": ctx["network_policies"],
+            "still_allowed_by": allowing}
+
+
+def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
+            dry_run: bool = False) -> Outcome:
+    pod = get_pod(cluster, namespace, name)
+    before = summary(pod)
+    if not _pinned(pod, expected_uid):
+        return Outcome("target_changed", {"expected_uid": expected_uid,
+                                          "found_uid": before["uid"]}, before)
+    labels = pod["metadata"].get("labels") or {}
+    annotations = pod["metadata"].get("annotations") or {}
+    if QUARANTINE_LABEL not in labels:
+        return Outcome("not_isolated", {"pod": name, "namespace": namespace}, before, before)
+    restored = json.loads(annotations.get(ORIGINAL_LABELS_ANNOTATION, "{}"))
+    patch = {"metadata": {
+        "resourceVersion": pod["metadata"]["resourceVersion"],
+        "labels": {**restored, QUARANTINE_LABEL: None},
+        "annotations": {ORIGINAL_LABELS_ANNOTATION: None, ISOLATED_AT_ANNOTATION: None},
+    }}
+    if dry_run:
+        return Outcome("dry_run", {"pod_patch": patch, "patch_content_type": MERGE}, before)
+    try:
+        after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
+                             name, namespace, patch, _content_type=MERGE)
+    except Conflict:
+        return release(cluster, namespace, name, expected_uid=expected_uid, dry_run=dry_run)
+    return Outcome("released", {"pod": name, "namespace": namespace,
+                                "restored_labels": restored}, before, summary(after))
+
+
+def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
+          grace_period_s: int | None = None, dry_run: bool = False) -> Outcome:
+    try:
+        pod = get_pod(cluster, namespace, name)
+    except NotFound:
+        return Outcome("already_gone", {"pod": name, "namespace": namespace})
+    before = summary(pod)
+    if not _pinned(pod, expected_uid):
+        return Outcome("target_changed", {"expected_uid": expected_uid,
+                                          "found_uid": before["uid"]}, before)
+    delete_options: dict[str, Any] = {"preconditions": {"uid": pod["metadata"]["uid"]}}
+    if grace_period_s is not None:
+        delete_options["gracePeriodSeconds"] = grace_period_s
+    body = {"apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": delete_options}
+    if dry_run:
+        return Outcome("dry_run", {"eviction": body}, before)
+    try:
+        cluster.call(f"evict pod {namespace}/{name}",
+                     cluster.core.create_namespaced_pod_eviction, name, namespace, body)
+    except NotFound:
+        return Outcome("already_gone", {"pod": name, "namespace": namespace}, before)
+    except Conflict as exc:
+        return Outcome("target_changed", {"expected_uid": expected_uid, "error": str(exc)},
+                       before)
+    except Blocked as exc:
+        found = _BUDGET.search(json.dumps(exc.body))
+        return Outcome("blocked_by_pdb", {"pod": name, "namespace": namespace,
+                                          "budget": found.group("name") if found else None,
+                                          "message": str(exc)}, before)
+    return Outcome("evicted", {"pod": name, "namespace": namespace,
+                               "grace_period_s": grace_period_s}, before)
+
+
+def delete(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
+           grace_period_s: int = 0, dry_run: bool = False) -> Outcome:
+    try:
+        pod = get_pod(cluster, namespace, name)
+    except NotFound:
+        return Outcome("already_gone", {"pod": name, "namespace": namespace})
+    before = summary(pod)
+    if not _pinned(pod, expected_uid):
+        return Outcome("target_changed", {"expected_uid": expected_uid,
+                                          "found_uid": before["uid"]}, before)
+    options = {"gracePeriodSeconds": grace_period_s,
+               "preconditions": {"uid": pod["metadata"]["uid"]}}
+    if dry_run:
+        return Outcome("dry_run", {"delete_options": options}, before)
+    try:
+        cluster.call(f"delete pod {namespace}/{name}", cluster.core.delete_namespaced_pod,
+                     name, namespace, body=options)
+    except NotFound:
+        return Outcome("already_gone", {"pod": name, "namespace": namespace}, before)
+    except Conflict as exc:
+        return Outcome("target_changed", {"expected_uid": expected_uid, "error": str(exc)},
+                       before)
+    return Outcome("deleted", {"pod": name, "namespace": namespace,
+                               "grace_period_s": grace_period_s}, before)
+
+
+def set_metadata(cluster: Cluster, namespace: str, name: str, *, field_name: str,
+                 values: dict[str, str | None], expected_uid: str | None,
+                 dry_run: bool = False) -> Outcome:
+    """Merge labels or annotations (None removes a key)."""
+    pod = get_pod(cluster, namespace, name)
+    before = summary(pod)
+    if not _pinned(pod, expected_uid):
+        return Outcome("target_changed", {"expected_uid": expected_uid,
+                                          "found_uid": before["uid"]}, before)
+    current = pod["metadata"].get(field_name) or {}
+    if all(current.get(k) == v for k, v in values.items()):
+        return Outcome("unchanged", {field_name: copy.deepcopy(values)}, before, before)
+    patch = {"metadata": {"resourceVersion": pod["metadata"]["resourceVersion"],
+                          field_name: values}}
+    if dry_run:
+        return Outcome("dry_run", {"pod_patch": patch, "patch_content_type": MERGE}, before)
+    try:
+        after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
+                             name, namespace, patch, _content_type=MERGE)
+    except Conflict:
+        return set_metadata(cluster, namespace, name, field_name=field_name, values=values,
+                            expected_uid=expected_uid, dry_run=dry_run)
+    return Outcome("updated", {field_name: copy.deepcopy(values)}, before, summary(after))
+
+
+def cordon(cluster: Cluster, node: str, *, dry_run: bool = False) -> Outcome:
+    current = cluster.call(f"get node {node}", cluster.core.read_node, node)
+    before = {"name": node, "unschedulable": bool(current.get("spec", {}).get("unschedulable"))}
+    if before["unschedulable"]:
+        return Outcome("already_cordoned", {"node": node}, before, before)
+    patch = {"spec": {"unschedulable": True}}
+    if dry_run:
+        return Outcome("dry_run", {"node_patch": patch, "patch_content_type": MERGE}, before)
+    after = cluster.call(f"cordon node {node}", cluster.core.patch_node, node, patch,
+                         _content_type=MERGE)
+    return Outcome("cordoned", {"node": node}, before,
+                   {"name": node, "unschedulable": bool(after.get("spec", {})
+                                                        .get("unschedulable"))})

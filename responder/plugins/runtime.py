@@ -1,0 +1,41 @@
+"""What plug-ins need from their process (settings, a Kubernetes connection), installed once by
+the process that runs them (worker, CLI, tests) rather than read from globals everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from responder.kube.client import Cluster, ClusterSettings
+from responder.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    _cluster: Cluster | None = field(default=None, repr=False)
+
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            s = self.settings
+            self._cluster = Cluster.connect(ClusterSettings(
+                host=s.kube_host,
+                token=s.kube_token.get_secret_value() if s.kube_token else None,
+                kubeconfig=s.kubeconfig, context=s.kube_context,
+                timeout_s=s.kube_timeout_seconds, retries=s.kube_retries))
+        return self._cluster
+
+
+_current: dict[str, Runtime] = {}
+
+
+def install(settings: Settings) -> Runtime:
+    runtime = Runtime(settings)
+    _current["runtime"] = runtime
+    return runtime
+
+
+def current() -> Runtime:
+    runtime = _current.get("runtime")
+    if runtime is None:  # a process that did not install one: settings from the environment
+        runtime = install(Settings())
+    return runtime
