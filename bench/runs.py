@@ -38,6 +38,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -324,7 +325,8 @@ class Service:
 class Stack:
     """Throw-away database, Redis prefix and queue, playbook dir, and the four processes."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, beat: bool = True,
+                 extra_env: dict[str, str] | None = None) -> None:
         suffix = secrets.token_hex(4)
         self.workdir = workdir
         self.dbname = f"drift_bench_runs_{suffix}"
@@ -344,6 +346,9 @@ class Stack:
             "DRIFT_PLAYBOOKS_DIR": str(self.playbooks), "DRIFT_INGEST_TOKEN": self.token,
             "DRIFT_DATA_DIR": str(workdir / "data"),
         })
+        self.env.update(extra_env or {})
+        self.with_beat = beat
+        self.beat: Service | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def create(self) -> None:
@@ -376,7 +381,8 @@ class Stack:
         self.url = f"http://127.0.0.1:{port}"
         self.workers = [self.start(f"worker{i}", "--log-level", "info", "worker", "--pool",
                                    "solo") for i in (1, 2)]
-        self.beat = self.start("beat", "--log-level", "info", "beat")
+        if self.with_beat:
+            self.beat = self.start("beat", "--log-level", "info", "beat")
         self._wait_ingest()
         self._wait_workers()
 
@@ -504,9 +510,10 @@ def tcp_ports(pid: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def running_stack(keep_logs: Path | None) -> Iterator[Stack]:
+def running_stack(keep_logs: Path | None, *, beat: bool = True,
+                  extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="drift-bench-runs-") as tmp:
-        stack = Stack(Path(tmp))
+        stack = Stack(Path(tmp), beat=beat, extra_env=extra_env)
         try:
             stack.create()
             stack.launch()
@@ -687,8 +694,38 @@ def histogram(values_ms: list[float]) -> str:
     return ", ".join(parts)
 
 
+class Profiler:
+    """py-spy (raw collapsed stacks) on the workers, the ingest and the beat during a phase."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, stack: Stack, phase: str) -> None:
+        if self.directory is None:
+            return
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for service in stack.services:
+            out = self.directory / f"{phase}-{service.name}.txt"
+            self.procs.append(subprocess.Popen(
+                [spy, "record", "-p", str(service.pid), "-r", "200", "-f", "raw", "-o", str(out),
+                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.procs = []
+
+
 def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
-                     base: int) -> None:
+                     base: int, profiler: Profiler) -> None:
     n = cfg.runs
     say(f"\nthroughput: {n} alerts for {n} distinct containers, NDJSON batches of {cfg.batch}")
     alerts = [make_alert(base + i) for i in range(n)]
@@ -696,6 +733,7 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
     trajectory: list[tuple[float, int, int]] = []
     incidents: list[str] = []
     max_queue = 0
+    profiler.start(stack, "throughput")
     meter.start()
     t0 = time.time_ns()
     for i in range(0, n, cfg.batch):
@@ -722,6 +760,7 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
             break
         time.sleep(0.1)
     cpu = meter.stop()
+    profiler.stop()
     row = one(
         stack, "SELECT max(updated_ns), count(*) FILTER (WHERE status = 'succeeded'), "
         "percentile_cont(0.5) WITHIN GROUP (ORDER BY updated_ns - created_ns), "
@@ -747,20 +786,37 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
         "SELECT kind, count(*) FROM audit_log WHERE incident_id = ANY(%s) AND kind IN "
         "('step.started', 'step.succeeded', 'step.failed', 'run.started', 'run.finished') "
         "GROUP BY kind", (ids,)).fetchall())
-    sweeps = beat_sweeps(stack.beat.log())
-    stale = sum(w.log().count("run.stale_event") for w in stack.workers)
+    sweeps = beat_sweeps(stack.beat.log()) if stack.beat else "no beat"
+    errors = task_errors("".join(w.log() for w in stack.workers))
     report.note(
         f"throughput: posting {n:,} alerts in {-(-n // cfg.batch)} requests took "
         f"{(posted - t0) / 1e9:.2f} s ({n / max(1e-9, (posted - t0) / 1e9):,.0f} alerts/s); "
         f"at most {max_queue:,} messages waited in the queue; audit records for these runs: "
         f"{steps}; beat sweeps over the whole benchmark (re-sent starts, re-dispatched "
-        f"leases, ...): {sweeps}; stale events seen by the workers: {stale}; "
+        f"leases, ...): {sweeps}; worker task errors over the whole benchmark: "
+        f"{errors or 'none'}; "
         f"{describe_cpu(cpu, meter)}")
     step = max(1, len(trajectory) // 12)
     picked = trajectory[::step] + ([trajectory[-1]] if trajectory[-1] not in
                                    trajectory[::step] else [])
     report.note("throughput: progress (s: runs succeeded / messages queued): " + ", ".join(
         f"{t:.1f}: {d}/{q}" for t, d, q in picked))
+
+
+TASK_ERROR = re.compile(r"Task (drift\.\w+)\[[^\]]*\] raised unexpected: (\w+)\((.*)\)\s*$",
+                        re.MULTILINE)
+
+
+def task_errors(log: str) -> dict[str, int]:
+    """'task: exception: message' -> count, from the Celery workers' logs."""
+    counts: dict[str, int] = {}
+    for task, exc, message in TASK_ERROR.findall(log):
+        key = f"{task}: {exc}: {message.strip(chr(34) + chr(39))[:160]}"
+        counts[key] = counts.get(key, 0) + 1
+    stale = log.count('"event": "run.stale_event"')
+    if stale:
+        counts["run.stale_event log lines"] = stale
+    return counts
 
 
 def beat_sweeps(log: str) -> dict[str, int]:
@@ -873,14 +929,26 @@ def main() -> int:
                         help="do not wait for other benchmarks (bench/intake.py) to finish")
     parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
                         help="copy the services' logs here before cleaning up")
+    diagnosis = parser.add_argument_group(
+        "diagnosis (runs with these options never write bench/RESULTS.md by default)")
+    diagnosis.add_argument("--py-spy", dest="py_spy", type=Path, default=None, metavar="DIR",
+                           help="sample every service with py-spy during the throughput phase "
+                                "(raw collapsed stacks into DIR)")
+    diagnosis.add_argument("--without-beat", action="store_true",
+                           help="do not start the beat (no re-sent starts or leases)")
+    diagnosis.add_argument("--set", dest="settings", action="append", default=[],
+                           metavar="DRIFT_X=VALUE", help="extra setting for every service")
     args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.settings)
+    diagnostic = bool(args.py_spy or args.without_beat or extra_env)
     cfg = Config.make(args.quick)
     if args.runs is not None:
         cfg = dataclasses.replace(cfg, runs=args.runs)
     if args.samples is not None:
         cfg = dataclasses.replace(cfg, latency_samples=args.samples)
     results = args.results
-    if results is None and not args.quick:
+    if results is None and not args.quick and not diagnostic and args.runs is None \
+            and args.samples is None:
         results = DEFAULT_RESULTS
 
     if not args.no_wait:
@@ -890,15 +958,18 @@ def main() -> int:
     failed = False
     t_start = time.monotonic()
     try:
-        with running_stack(args.keep_logs) as stack:
+        with running_stack(args.keep_logs, beat=not args.without_beat,
+                           extra_env=extra_env) as stack:
             say(f"stack up in {time.monotonic() - t_start:.1f} s: ingest {stack.url} (pid "
                 f"{stack.ingest.pid}), workers {[w.pid for w in stack.workers]}, beat "
-                f"{stack.beat.pid}; database {stack.dbname}, queue {stack.queue}")
+                f"{stack.beat.pid if stack.beat else 'none'}; database {stack.dbname}, "
+                f"queue {stack.queue}" + (f"; extra settings {extra_env}" if extra_env else ""))
             poster = Poster(stack)
             try:
                 warm_up(stack, poster, cfg, base=0x100000)
                 bench_latency(stack, poster, cfg, report, base=0x200000)
-                bench_throughput(stack, poster, cfg, report, base=0x300000)
+                bench_throughput(stack, poster, cfg, report, base=0x300000,
+                                 profiler=Profiler(args.py_spy))
                 check_audit(stack, report)
             finally:
                 poster.close()
@@ -916,7 +987,8 @@ def main() -> int:
         write_section(results, section(cfg, report, started))
         say(f"\nupdated the runs section of {results}")
     elif results is None:
-        say("\n(not written to a file: pass --results PATH, or run without --quick)")
+        say("\n(not written to a file: pass --results PATH, or run the full benchmark with "
+            "default options)")
     return 1 if failed else 0
 
 
