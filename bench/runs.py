@@ -709,7 +709,7 @@ class Profiler:
         for service in stack.services:
             out = self.directory / f"{phase}-{service.name}.txt"
             self.procs.append(subprocess.Popen(
-                [spy, "record", "-p", str(service.pid), "-r", "200", "-f", "raw", "-o", str(out),
+                [spy, "record", "-p", str(service.pid), "-r", "200", "-f", "raw", "--idle", "-o", str(out),
                  "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def stop(self) -> None:

@@ -4,23 +4,16 @@ approval -> audit; retries from the beat; and workers killed with SIGKILL mid-ru
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
-from responder.store import audit
-from responder.store.engine import make_engine
-from responder.store.schema import runs, step_leases
-from tests.conftest import REDIS_URL
-from tests.support.processes import CLI, REPO, Service, base_env, free_port, wait_for, wait_http
+from responder.store.schema import step_leases
+from tests.support.processes import wait_for
 from tests.support.samples import drift_alert
+from tests.support.stack import Stack
 
 APPROVAL_PLAYBOOK = """
 name: approve-then-log
@@ -69,95 +62,6 @@ steps:
   - {id: s2, uses: test.sleep, timeout: 3, with: {seconds: 1.5, label: second}}
   - {id: n3, uses: core.note, with: {message: three}}
 """
-
-
-class Stack:
-    def __init__(self, env: dict[str, str], tmp: Path) -> None:
-        self.env = env
-        self.tmp = tmp
-        self.services: list[Service] = []
-        self.url = ""
-
-    def start(self, *args: str, name: str) -> Service:
-        service = Service(list(args), self.env, self.tmp, name)
-        self.services.append(service)
-        return service
-
-    def ingest(self) -> None:
-        port = free_port()
-        service = self.start("ingest", "--port", str(port), name="ingest")
-        self.url = f"http://127.0.0.1:{port}"
-        wait_http(self.url + "/healthz", service)
-
-    def post(self, alert: dict[str, Any]) -> str:
-        response = httpx.post(self.url + "/v1/falco", json=alert,
-                              headers={"Authorization": "Bearer stack-token"}, timeout=10)
-        assert response.status_code == 202, response.text
-        return str(response.json()["incidents"][0])
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True,
-                              timeout=60, cwd=REPO, check=False)
-
-    def engine(self) -> Any:
-        url = self.env.get("DRIFT_DATABASE_URL") or f"sqlite:///{self.env['DRIFT_DATA_DIR']}/drift.db"
-        return make_engine(url)
-
-    def run_of(self, incident_id: str) -> dict[str, Any] | None:
-        engine = self.engine()
-        try:
-            with engine.connect() as conn:
-                row = conn.execute(select(runs).where(runs.c.incident_id == incident_id)).first()
-                return None if row is None else {"status": row.status,
-                                                  "state": json.loads(row.state)}
-        finally:
-            engine.dispose()
-
-    def wait_run(self, incident_id: str, status: str, timeout: float = 40) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | None:
-            run = self.run_of(incident_id)
-            return run if run is not None and run["status"] == status else None
-
-        try:
-            return wait_for(reached, timeout, 0.1, what=f"run {status}")  # type: ignore[no-any-return]
-        except AssertionError:
-            logs = "\n".join(f"--- {s.name}\n{s.output()[-3000:]}" for s in self.services)
-            raise AssertionError(f"run is {self.run_of(incident_id)}; logs:\n{logs}") from None
-
-    def audit_kinds(self, incident_id: str) -> list[str]:
-        engine = self.engine()
-        try:
-            with engine.connect() as conn:
-                assert audit.verify(conn).ok
-                return [r.kind for r in audit.iter_records(conn, incident_id)]
-        finally:
-            engine.dispose()
-
-    def stop(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
-
-
-@pytest.fixture(params=["embedded", "production"])
-def stack_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    values = {
-        "DRIFT_DATA_DIR": str(tmp_path / "data"), "DRIFT_PLAYBOOKS_DIR": str(tmp_path / "pb"),
-        "DRIFT_INGEST_TOKEN": "stack-token", "DRIFT_PLUGIN_MODULES": "tests.support.plugins",
-        "DRIFT_QUEUE": f"test-{uuid.uuid4().hex[:8]}", "DRIFT_LEASE_GRACE_SECONDS": "1",
-    }
-    if request.param == "production":
-        values["DRIFT_DATABASE_URL"] = request.getfixturevalue("postgres_url")
-        values["DRIFT_REDIS_URL"] = REDIS_URL
-        values["DRIFT_REDIS_PREFIX"] = request.getfixturevalue("redis_prefix")
-    (tmp_path / "pb").mkdir()
-    return base_env(values)
-
-
-@pytest.fixture
-def stack(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    built = Stack(stack_env, tmp_path)
-    yield built
-    built.stop()
 
 
 def _playbook(stack: Stack, text: str) -> None:

@@ -1,0 +1,35 @@
+"""Fixtures for tests that run whole stacks of drift-responder processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REDIS_URL
+from tests.support.processes import base_env
+from tests.support.stack import Stack
+
+
+@pytest.fixture(params=["embedded", "production"])
+def stack_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    values = {
+        "DRIFT_DATA_DIR": str(tmp_path / "data"), "DRIFT_PLAYBOOKS_DIR": str(tmp_path / "pb"),
+        "DRIFT_INGEST_TOKEN": "stack-token", "DRIFT_PLUGIN_MODULES": "tests.support.plugins",
+        "DRIFT_QUEUE": f"test-{uuid.uuid4().hex[:8]}", "DRIFT_LEASE_GRACE_SECONDS": "1",
+    }
+    if request.param == "production":
+        values["DRIFT_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+        values["DRIFT_REDIS_URL"] = REDIS_URL
+        values["DRIFT_REDIS_PREFIX"] = request.getfixturevalue("redis_prefix")
+    (tmp_path / "pb").mkdir()
+    return base_env(values)
+
+
+@pytest.fixture
+def stack(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+    built = Stack(stack_env, tmp_path)
+    yield built
+    built.stop()
