@@ -193,8 +193,6 @@ def _permission(method: str, path: str) -> tuple[str, str, str]:
     resource = found["res"]
     if found.groupdict().get("sub"):
         resource = f"{resource}/{found['sub']}"
-    if method == "GET":
-        verb = "get" if found["name"] else "list"
-    else:
-        verb = HTTP_VERBS[method]
+    listing = method == "GET" and not found["name"]
+    verb = "list" if listing else "get" if method == "GET" else HTTP_VERBS[method]
     return group, resource, verb
