@@ -289,3 +289,35 @@ def test_label_annotate_and_cordon(fake: FakeKubernetes, web: dict[str, Any]) ->
     assert fake.node("node-1")["spec"]["unschedulable"] is True  # type: ignore[index]
     again, _ = run("kubernetes.cordon", {"node": "node-1"})
     assert again.status == "already_cordoned"
+
+
+def _kubeconfig(path: Any, fake: FakeKubernetes) -> Any:
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "wrong",
+        "clusters": [{"name": "fake", "cluster": {"server": fake.host}},
+                     {"name": "nowhere", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "responder", "user": {"token": "sekret"}}],
+        "contexts": [{"name": "right", "context": {"cluster": "fake", "user": "responder"}},
+                     {"name": "wrong", "context": {"cluster": "nowhere", "user": "responder"}}],
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_kubeconfig_context_is_selected_and_its_token_sent(tmp_path: Any) -> None:
+    with FakeKubernetes(token="sekret", namespaces=["shop"]) as fake:
+        fake.add_pod("shop", "p")
+        kubeconfig = _kubeconfig(tmp_path / "config", fake)
+        runtime.install(Settings(kubeconfig=str(kubeconfig), kube_context="right",
+                                 data_dir=tmp_path))
+        result, _ = run("kubernetes.pod_context", {"namespace": "shop", "pod": "p"})
+        assert result.found is True
+        assert fake.requests[0].headers["authorization"] == "Bearer sekret"
+
+
+def test_a_wrong_token_is_a_clear_401(tmp_path: Any) -> None:
+    with FakeKubernetes(token="sekret", namespaces=["shop"]) as fake:
+        fake.add_pod("shop", "p")
+        runtime.install(Settings(kube_host=fake.host, kube_token="nope", data_dir=tmp_path))
+        with pytest.raises(KubeError, match=r"unauthenticated \(401\)"):
+            run("kubernetes.isolate", {"namespace": "shop", "pod": "p"})
