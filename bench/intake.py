@@ -17,8 +17,9 @@ Benchmarks (targets from the issue, for one ingest process on a 2-core machine):
   (growth < 50 MB).
 
 Each benchmark gets a fresh throw-away PostgreSQL database and Redis key prefix (or a temporary
-SQLite data dir) and removes them afterwards. A full run of every benchmark writes
-bench/RESULTS.md; ``--quick`` and ``--only`` runs print only, unless ``--results PATH`` is given.
+SQLite data dir) and removes them afterwards. A full run of every benchmark writes its section
+of bench/RESULTS.md (between ``<!-- intake:start -->`` and ``<!-- intake:end -->``, leaving other
+sections alone); ``--quick`` and ``--only`` runs print only, unless ``--results PATH`` is given.
 Environment: DRIFT_BENCH_PG_ADMIN_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
 DRIFT_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0).
 """
@@ -822,14 +823,35 @@ def write_results(path: Path, cfg: Config, report: Report, facts: list[tuple[str
         "connections (DRIFT_MAX_BODY_BYTES raised to fit them); RSS is VmRSS from "
         "/proc/<pid>/status one second after start-up (before) and one second after the last "
         "answer (after); peak is VmHWM.",
-        "- Before each benchmark the script waits (up to 90 s) for the machine to be idle, "
-        "measures the CPU used by everything else during each measurement, and runs a "
-        "benchmark again when that foreign load exceeded "
-        f"{FOREIGN_LOAD_LIMIT_PCT:.0f}% of a core.",
+        "- The script measures the CPU used by everything else during each measurement; "
+        + ("" if cfg.quick else "before each benchmark it waits (up to 90 s) for the machine "
+           "to be idle, and it runs a benchmark again when ")
+        + ("a measurement is marked 'machine shared' when " if cfg.quick else "")
+        + f"that foreign load exceeded {FOREIGN_LOAD_LIMIT_PCT:.0f}% of a core.",
         "- Where the time goes (profiles and suggestions): bench/PROFILE.md.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    section = "\n".join([START_MARK, *lines]).rstrip("\n") + "\n" + END_MARK + "\n"
+    path.write_text(merge_section(path.read_text() if path.exists() else "", section))
+
+
+#: This script owns only the part of RESULTS.md between these marks (other bench scripts, such as
+#: bench/runs.py, keep their own marked sections in the same file).
+START_MARK = "<!-- intake:start -->"
+END_MARK = "<!-- intake:end -->"
+
+
+def merge_section(old: str, section: str) -> str:
+    """``old`` with its intake section replaced by ``section`` (or ``section`` put first)."""
+    if START_MARK in old and END_MARK in old:
+        head, rest = old.split(START_MARK, 1)
+        tail = rest.split(END_MARK, 1)[1].lstrip("\n")
+        return head + section + ("\n" + tail if tail else "")
+    if old.startswith("# Intake benchmarks"):
+        # Written before the marks existed: the intake part runs up to the next marked section.
+        other = old.find("<!-- ", 1)
+        old = old[other:] if other >= 0 else ""
+    return section + ("\n" + old.lstrip("\n") if old.strip() else "")
 
 
 # ---------------------------------------------------------------------------------------- main

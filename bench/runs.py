@@ -1,6 +1,6 @@
 """Playbook-run benchmarks: a real stack (ingest, two Celery workers, beat) on PostgreSQL + Redis.
 
-    .venv/bin/python bench/runs.py            # full size (a few minutes), writes bench/RESULTS.md
+    .venv/bin/python bench/runs.py            # full size (~5 minutes), writes bench/RESULTS.md
     .venv/bin/python bench/runs.py --quick    # smoke test, under a minute, prints only
 
 The stack: one ``drift-responder ingest``, two ``drift-responder worker --pool solo`` and one
@@ -20,6 +20,9 @@ Figures:
 - ``throughput``: N alerts, each for a distinct container (so N incidents and N runs), posted as
   NDJSON batches from this process as fast as the ingest answers; incidents per second = N / (the
   last run's ``updated_ns`` when all N have status 'succeeded' - the first post).
+- a full run then repeats the throughput phase on a second, fresh stack without the beat
+  (diagnostic): the difference is what the beat's re-sent starts and re-dispatched leases cost
+  while the queue has a backlog (``--no-compare`` skips it).
 
 A full run updates only the "Playbook runs" section of bench/RESULTS.md (between
 ``<!-- runs:start -->`` and ``<!-- runs:end -->``), leaving the rest of the file alone, or creates
@@ -108,14 +111,15 @@ class Config:
     runs: int             # N alerts -> N incidents -> N runs for the throughput figure
     batch: int            # alerts per request in the throughput phase
     timeout_s: float      # how long the throughput phase may wait for its runs
+    compare: bool         # also measure throughput on a stack without the beat (diagnostic)
 
     @classmethod
     def make(cls, quick: bool) -> Config:
         if quick:
             return cls(quick=True, warmup=6, latency_samples=40, spacing_s=0.05, runs=200,
-                       batch=100, timeout_s=45)
+                       batch=100, timeout_s=45, compare=False)
         return cls(quick=False, warmup=20, latency_samples=200, spacing_s=0.05, runs=3000,
-                   batch=100, timeout_s=600)
+                   batch=100, timeout_s=600, compare=True)
 
 
 @dataclasses.dataclass
@@ -709,8 +713,9 @@ class Profiler:
         for service in stack.services:
             out = self.directory / f"{phase}-{service.name}.txt"
             self.procs.append(subprocess.Popen(
-                [spy, "record", "-p", str(service.pid), "-r", "200", "-f", "raw", "--idle", "-o", str(out),
-                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                [spy, "record", "-p", str(service.pid), "-r", "200", "-f", "raw", "--idle",
+                 "-o", str(out), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -725,9 +730,11 @@ class Profiler:
 
 
 def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
-                     base: int, profiler: Profiler) -> None:
+                     base: int, profiler: Profiler, label: str = "") -> None:
     n = cfg.runs
-    say(f"\nthroughput: {n} alerts for {n} distinct containers, NDJSON batches of {cfg.batch}")
+    say(f"\n{label}throughput: {n} alerts for {n} distinct containers, NDJSON batches of "
+        f"{cfg.batch}")
+    tag = "throughput" + (" without the beat" if stack.beat is None else "")
     alerts = [make_alert(base + i) for i in range(n)]
     meter = CpuMeter(stack.roles())
     trajectory: list[tuple[float, int, int]] = []
@@ -772,15 +779,17 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
         (ids,)).fetchall())
     if succeeded < n:
         elapsed = (time.time_ns() - t0) / 1e9
-        report.add(Row(f"Throughput, {n:,} alerts -> {n:,} incidents -> {n:,} three-step runs",
+        report.add(Row(f"{label}Throughput, {n:,} alerts -> {n:,} incidents -> {n:,} "
+                       "three-step runs",
                        f"only {succeeded:,} of {n:,} runs succeeded within {elapsed:.0f} s "
                        f"(statuses {statuses})", "all succeed", False))
     else:
         wall = (last_ns - t0) / 1e9
-        report.add(Row(f"Throughput, {n:,} alerts -> {n:,} incidents -> {n:,} three-step runs: "
-                       "incidents per second (first post -> last run succeeded)",
+        report.add(Row(f"{label}Throughput, {n:,} alerts -> {n:,} incidents -> {n:,} "
+                       "three-step runs: incidents per second (first post -> last run "
+                       "succeeded)",
                        f"{n / wall:,.1f} incidents/s ({n:,} in {wall:.1f} s)"))
-    report.add(Row("Throughput phase: run duration (created -> succeeded) p50 / p99",
+    report.add(Row(f"{label}Throughput phase: run duration (created -> succeeded) p50 / p99",
                    f"{run_p50 / 1e9:.1f} s / {run_p99 / 1e9:.1f} s"))
     steps = dict(stack.db.execute(
         "SELECT kind, count(*) FROM audit_log WHERE incident_id = ANY(%s) AND kind IN "
@@ -789,7 +798,7 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
     sweeps = beat_sweeps(stack.beat.log()) if stack.beat else "no beat"
     errors = task_errors("".join(w.log() for w in stack.workers))
     report.note(
-        f"throughput: posting {n:,} alerts in {-(-n // cfg.batch)} requests took "
+        f"{tag}: posting {n:,} alerts in {-(-n // cfg.batch)} requests took "
         f"{(posted - t0) / 1e9:.2f} s ({n / max(1e-9, (posted - t0) / 1e9):,.0f} alerts/s); "
         f"at most {max_queue:,} messages waited in the queue; audit records for these runs: "
         f"{steps}; beat sweeps over the whole benchmark (re-sent starts, re-dispatched "
@@ -799,7 +808,7 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
     step = max(1, len(trajectory) // 12)
     picked = trajectory[::step] + ([trajectory[-1]] if trajectory[-1] not in
                                    trajectory[::step] else [])
-    report.note("throughput: progress (s: runs succeeded / messages queued): " + ", ".join(
+    report.note(f"{tag}: progress (s: runs succeeded / messages queued): " + ", ".join(
         f"{t:.1f}: {d}/{q}" for t, d, q in picked))
 
 
@@ -891,6 +900,11 @@ def section(cfg: Config, report: Report, started: dt.datetime) -> str:
         "`runs` table is polled every 0.1 s until all runs have status 'succeeded'; the "
         "figure is N / (the last run's `updated_ns` - the client's clock before the first "
         "post).",
+        "- \"Without the beat (diagnostic)\": the same throughput phase on a second, fresh "
+        "stack that has no `drift-responder beat`, to show what the beat's sweeps (starts "
+        "re-sent for runs pending > 2 s, leases re-dispatched when unclaimed after "
+        "DRIFT_LEASE_GRACE_SECONDS) cost under a backlog. Not a supported configuration: "
+        "without the beat, lost messages are never re-sent.",
         "- CPU figures are per process from /proc between the start and the end of a phase.",
         END_MARK,
     ]
@@ -927,6 +941,8 @@ def main() -> int:
                              "for a full run, nowhere for --quick)")
     parser.add_argument("--no-wait", action="store_true",
                         help="do not wait for other benchmarks (bench/intake.py) to finish")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="skip the second throughput phase on a stack without the beat")
     parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
                         help="copy the services' logs here before cleaning up")
     diagnosis = parser.add_argument_group(
@@ -946,6 +962,8 @@ def main() -> int:
         cfg = dataclasses.replace(cfg, runs=args.runs)
     if args.samples is not None:
         cfg = dataclasses.replace(cfg, latency_samples=args.samples)
+    if args.no_compare:
+        cfg = dataclasses.replace(cfg, compare=False)
     results = args.results
     if results is None and not args.quick and not diagnostic and args.runs is None \
             and args.samples is None:
@@ -973,6 +991,21 @@ def main() -> int:
                 check_audit(stack, report)
             finally:
                 poster.close()
+        if cfg.compare and not args.without_beat:
+            if not args.no_wait:
+                wait_for_other_benchmarks()
+            t_compare = time.monotonic()
+            with running_stack(None, beat=False, extra_env=extra_env) as stack:
+                say(f"\nsecond stack, without the beat, up in "
+                    f"{time.monotonic() - t_compare:.1f} s")
+                poster = Poster(stack)
+                try:
+                    warm_up(stack, poster, cfg, base=0x100000)
+                    bench_throughput(stack, poster, cfg, report, base=0x300000,
+                                     profiler=Profiler(None),
+                                     label="Without the beat (diagnostic): ")
+                finally:
+                    poster.close()
     except Exception as exc:
         failed = True
         report.add(Row("benchmark", f"failed: {type(exc).__name__}: "

@@ -439,7 +439,7 @@ def worker(ctx: click.Context, concurrency: int, pool: str) -> None:
     from responder.workers.app import install_executor
 
     app, executor, backends = _executor(ctx)
-    install_executor(executor)
+    install_executor(executor, _notify_function(_settings(ctx), backends))
     err.print(f"{backends.describe()} broker={_redact(_settings(ctx).effective_broker_url)}",
               markup=False)
     app.worker_main(["worker", f"--concurrency={concurrency}", "-P", pool, "-Q",
@@ -494,6 +494,30 @@ def approve(ctx: click.Context, incident_id: str, option: str, name: str,
     (console if outcome.ok else err).print(outcome.message, markup=False, highlight=False)
     if not outcome.ok:
         sys.exit(1)
+
+
+def _notify_function(settings: Settings, backends: backends_mod.Backends) -> Any:
+    """Slack when a bot token is configured, else the console notifier."""
+    from responder.plugins.notify.console import ConsoleNotifier
+    from responder.plugins.notify.slack import ChannelBucket, SlackNotifier
+    from responder.workers.notifying import sync_incident
+
+    notifier: Any
+    if settings.slack_bot_token is not None:
+        from slack_sdk import WebClient
+
+        client = WebClient(token=settings.slack_bot_token.get_secret_value(),
+                           base_url=settings.slack_api_url, timeout=10)
+        notifier = SlackNotifier(client, ChannelBucket(backends.redis,
+                                                       settings.slack_rate_per_second,
+                                                       settings.redis_prefix))
+    else:
+        notifier = ConsoleNotifier()
+
+    def notify(incident_id: str) -> None:
+        sync_incident(backends.engine, notifier, incident_id, settings)
+
+    return notify
 
 
 def _redact(url: str) -> str:

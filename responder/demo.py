@@ -84,14 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]drift-responder demo[/bold] - {backends.describe()}, broker=embedded "
                   f"SQLite, {len(report.playbooks)} playbooks", highlight=False)
 
-    _step("Starting a Celery worker process")
-    worker = subprocess.Popen([sys.executable, "-m", "responder", "worker", "--pool", "solo"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _step("Starting a Celery worker and the beat (deadlines, retries)")
+    processes = [subprocess.Popen([sys.executable, "-m", "responder", *args], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for args in (["worker", "--pool", "solo"], ["beat", "--interval", "0.2"])]
+    if not os.environ.get("KUBECONFIG") and not Path("~/.kube/config").expanduser().exists():
+        console.print("  no Kubernetes cluster configured: the playbook's cluster steps will "
+                      "fail cleanly and the decision is recorded for a person to act on "
+                      "(with a kubeconfig they run, in dry-run here)", highlight=False)
     try:
         return _run(backends, settings, dispatcher, token, started)
     finally:
-        worker.terminate()
-        worker.wait(10)
+        for process in processes:
+            process.terminate()
+            process.wait(10)
         backends.close()
 
 

@@ -19,7 +19,8 @@ class CorrelationKeyKind(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DRIFT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DRIFT_", extra="ignore",
+                                      populate_by_name=True)
 
     data_dir: Path = Field(default=Path(".drift"), description="Where embedded state lives.")
     database_url: str | None = Field(
@@ -74,6 +75,21 @@ class Settings(BaseSettings):
                                   "(also protected).")
     isolate_strip_labels: str = Field(default="", description="Labels isolation removes "
                                       "(default: those its controller and Services select on).")
+    slack_bot_token: SecretStr | None = Field(default=None, alias="SLACK_BOT_TOKEN",
+                                              description="Bot token; unset: console notifier.")
+    slack_signing_secret: SecretStr | None = Field(default=None, alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN",
+                                              description="Socket Mode app-level token.")
+    slack_api_url: str = Field(default="https://slack.com/api/",
+                               description="Slack Web API base URL (tests point it elsewhere).")
+    slack_channel: str = Field(default="#drift-alerts", description="Default prompt channel.")
+    slack_namespace_channels: str = Field(
+        default="", description="Per-namespace routes: 'ns=#channel,ns2=#other'.")
+    slack_command_users: str = Field(
+        default="", description="Who may use /drift isolate|release|evict: user ids and "
+        "slack-group:<handle> entries, comma-separated.")
+    slack_rate_per_second: float = Field(default=1.0, gt=0,
+                                         description="Messages per second per channel.")
     plugin_modules: str = Field(default="", description="Extra plug-in modules to import "
                                 "(comma-separated), besides the entry point group.")
 

@@ -12,3 +12,6 @@ class Dispatcher(Protocol):
 
     def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
         """Ask a worker to run one attempt of a step."""
+
+    def notify(self, incident_id: str) -> None:
+        """Ask a worker to bring the incident's message up to date."""

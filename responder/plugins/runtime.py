@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from responder.kube.client import Cluster, ClusterSettings
+from responder.kube.client import Cluster, ClusterSettings, KubeError
 from responder.settings import Settings
 
 
@@ -17,11 +17,17 @@ class Runtime:
     def cluster(self) -> Cluster:
         if self._cluster is None:
             s = self.settings
-            self._cluster = Cluster.connect(ClusterSettings(
-                host=s.kube_host,
-                token=s.kube_token.get_secret_value() if s.kube_token else None,
-                kubeconfig=s.kubeconfig, context=s.kube_context,
-                timeout_s=s.kube_timeout_seconds, retries=s.kube_retries))
+            try:
+                self._cluster = Cluster.connect(ClusterSettings(
+                    host=s.kube_host,
+                    token=s.kube_token.get_secret_value() if s.kube_token else None,
+                    kubeconfig=s.kubeconfig, context=s.kube_context,
+                    timeout_s=s.kube_timeout_seconds, retries=s.kube_retries))
+            except KubeError:
+                raise
+            except Exception as exc:  # the client's ConfigException and file errors
+                raise KubeError("no Kubernetes cluster configured: set DRIFT_KUBE_HOST, run "
+                                f"in a pod, or provide a kubeconfig ({exc})") from None
         return self._cluster
 
 

@@ -51,6 +51,9 @@ incidents = Table(
     # How much of alert_count the audit trail already accounts for (alerts.received records).
     Column("audited_count", BigInteger, nullable=False),
     Column("audited_at_ns", BigInteger, nullable=False),
+    # The incident's chat message, once posted: later updates edit it in place.
+    Column("chat_channel", String(64)),
+    Column("chat_ts", String(32)),
     Index("ix_incidents_key_last_received", "key", "last_received_ns"),
     Index("ix_incidents_opened_at", "opened_at_ns"),
 )

@@ -8,11 +8,13 @@ live in the store and the beat sweeps them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
 
+from responder.plugins.notify.slack import RateLimited
 from responder.settings import Settings
 from responder.workers.executing import Executor
 
@@ -48,12 +50,21 @@ def make_celery(settings: Settings) -> Celery:
     def run_step(self: Any, run_id: str, step_id: str, attempt: int) -> None:
         _executor().run_step(run_id, step_id, attempt)
 
+    @app.task(name="drift.notify", bind=True, max_retries=None)
+    def notify(self: Any, incident_id: str) -> None:
+        try:
+            _state["notify"](incident_id)
+        except RateLimited as exc:
+            # Re-queued, never slept on: Retry-After is short, and the worker stays free.
+            raise self.retry(countdown=exc.retry_after) from None
+
     return app
 
 
-def install_executor(executor: Executor) -> None:
-    """The executor the tasks of this process use (set by `drift-responder worker`)."""
+def install_executor(executor: Executor, notify: Callable[[str], Any] | None = None) -> None:
+    """The executor (and notification function) the tasks of this process use."""
     _state["executor"] = executor
+    _state["notify"] = notify or (lambda _incident: None)
 
 
 @worker_process_init.connect
@@ -80,3 +91,6 @@ class CeleryDispatcher:
         # A hard limit past the step timeout: a hung plug-in cannot hold a worker for ever.
         self.app.send_task("drift.run_step", args=[run_id, step_id, attempt], queue=self.queue,
                            soft_time_limit=timeout_s, time_limit=timeout_s + 30)
+
+    def notify(self, incident_id: str) -> None:
+        self.app.send_task("drift.notify", args=[incident_id], queue=self.queue)

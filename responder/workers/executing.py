@@ -41,6 +41,14 @@ MAX_DISPATCHES = 3
 
 
 @dataclass
+class Applied:
+    """What an applied event leaves to do once its transaction has committed."""
+
+    steps: list[ev.RunStep]
+    notify: str | None = None
+
+
+@dataclass
 class DecisionOutcome:
     ok: bool
     message: str
@@ -79,11 +87,16 @@ class Executor:
         self.dispatch(run_id, dispatches)
         return True
 
+    #: Audit kinds that change what the incident's message shows.
+    NOTIFY_ON = frozenset({"approval.requested", "approval.decided", "approval.expired",
+                           "approval.vote", "run.finished", "step.succeeded", "step.failed"})
+
     def apply_in(self, conn: Connection, run_id: str, event: ev.Event, *,
                  effects: list[tuple[str, dict[str, Any]]] | None = None,
-                 actor: str = "worker") -> list[ev.RunStep] | None:
-        """Apply an event inside the caller's transaction. Returns the steps to dispatch after
-        the commit, or None when the event was stale."""
+                 actor: str = "worker") -> Applied | None:
+        """Apply an event inside the caller's transaction. Returns what to dispatch after the
+        commit (never before: other processes must see committed state), or None when the
+        event was stale."""
         effects = effects or []
         record = runs.load_run(conn, run_id, for_update=True)
         if record is None:
@@ -98,7 +111,7 @@ class Executor:
         now = event.now_ns
         entries = [audit.AuditEntry(kind=k, actor=actor, incident_id=record.incident_id,
                                     data={"run": run_id, **d}) for k, d in effects]
-        out: list[ev.RunStep] = []
+        out: list[ev.RunStep] = []  # dispatched after the commit
         for directive in decision.directives:
             if isinstance(directive, ev.Audit):
                 entries.append(audit.AuditEntry(
@@ -129,12 +142,20 @@ class Executor:
         runs.save_run(conn, record, new.to_json(), status=new.status,
                       next_due_ns=min(dues) if dues else None, now_ns=now)
         audit.append(conn, entries)
-        return out
+        notify = record.incident_id if any(e.kind in self.NOTIFY_ON for e in entries) else None
+        return Applied(out, notify)
 
-    def dispatch(self, run_id: str, directives: list[ev.RunStep]) -> None:
-        for directive in directives:
+    def dispatch(self, run_id: str, applied: Applied | None) -> None:
+        if applied is None:
+            return
+        for directive in applied.steps:
             self.dispatcher.run_step(run_id, directive.step_id, directive.attempt,
                                      directive.timeout_s)
+        if applied.notify is not None:
+            try:
+                self.dispatcher.notify(applied.notify)
+            except Exception as exc:  # the next change notifies again; never fail the run
+                log.warning("notify.dispatch_failed", incident=applied.notify, error=repr(exc))
 
     def registry_kinds(self) -> dict[str, Plugin]:
         return {p.name: p for p in self.registry}
@@ -207,7 +228,7 @@ class Executor:
 
     def _decide(self, now: int, incident_id: str | None, approval_id: str | None, *, option: str,
                 actor: str, reason: str | None) -> DecisionOutcome:
-        dispatches: list[ev.RunStep] | None = None
+        dispatches: Applied | None = None
         with self.engine.begin() as conn:
             approval = self._find_approval(conn, incident_id, approval_id)
             if approval is None:
@@ -233,6 +254,7 @@ class Executor:
                           "approval": approval.id, "option": option, "reason": refusal})])
                 return DecisionOutcome(False, refusal, approval.id)
             deciders = [actor]
+            first_vote = False
             if option in params.get("two_person", []):
                 earlier = [v["by"] for v in approval.votes if v["option"] == option]
                 if actor in earlier:
@@ -249,20 +271,25 @@ class Executor:
                         kind="approval.vote", actor=actor, incident_id=approval.incident_id,
                         data={"run": approval.run_id, "step": approval.step_id,
                               "approval": approval.id, "option": option})])
-                    return DecisionOutcome(True, f"{option}: first of two approvals recorded; "
-                                           "waiting for a second approver", approval.id)
-                deciders = [earlier[0], actor]
-            if not runs.cas_decide(conn, approval, option=option, decided_by=deciders,
-                                   reason=reason, now_ns=now):
-                return DecisionOutcome(False, "someone else decided first", approval.id)
-            dispatches = self.apply_in(
-                conn, approval.run_id,
-                ev.ApprovalDecided(approval.step_id, option, deciders, now, reason), actor=actor)
-            if dispatches is None:  # the run no longer waits for this: undo the CAS
-                raise _RolledBack("the run is no longer waiting for this decision")
-            run_id = approval.run_id
-        if dispatches:
-            self.dispatch(run_id, dispatches)
+                    first_vote = True
+                else:
+                    deciders = [earlier[0], actor]
+            if not first_vote:
+                if not runs.cas_decide(conn, approval, option=option, decided_by=deciders,
+                                       reason=reason, now_ns=now):
+                    return DecisionOutcome(False, "someone else decided first", approval.id)
+                dispatches = self.apply_in(
+                    conn, approval.run_id,
+                    ev.ApprovalDecided(approval.step_id, option, deciders, now, reason),
+                    actor=actor)
+                if dispatches is None:  # the run no longer waits for this: undo the CAS
+                    raise _RolledBack("the run is no longer waiting for this decision")
+        # Committed: now other processes may act on it.
+        if first_vote:
+            self.dispatch(approval.run_id, Applied([], approval.incident_id))
+            return DecisionOutcome(True, f"{option}: first of two approvals recorded; waiting "
+                                   "for a second approver", approval.id)
+        self.dispatch(approval.run_id, dispatches)
         return DecisionOutcome(True, f"{option} decided by {', '.join(deciders)}", approval.id,
                                decided=True)
 
@@ -306,7 +333,7 @@ class Executor:
                                            ev.ApprovalExpired(approval.step_id, now),
                                            actor="system:expiry")
             counts["expired"] += 1
-            self.dispatch(approval.run_id, dispatches or [])
+            self.dispatch(approval.run_id, dispatches)
         for run_id in due:
             with self.engine.connect() as conn:
                 record = runs.load_run(conn, run_id)

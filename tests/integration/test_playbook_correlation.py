@@ -39,6 +39,9 @@ class _Sent:
     def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
         raise AssertionError("not expected")
 
+    def notify(self, incident_id: str) -> None:
+        raise AssertionError("not expected")
+
 
 @pytest.fixture
 def sent() -> _Sent:

@@ -337,10 +337,12 @@ def test_cli_test_exits_1_on_a_fixture_expecting_the_wrong_thing(tmp_path: Path)
     }))
     done = _cli("playbooks", "test", str(fixture), playbooks_dir=SHIPPED)
     assert done.returncode == 1
+    # kubernetes.pod_context is not mocked: it succeeds with {} (no pod found), so the decision
+    # is recorded and the `unresolved` note says it was not carried out.
     assert done.stdout.splitlines() == [
         f"FAIL {fixture}: expects no isolation",
-        "     steps started ['summary', 'ask', 'isolate_decided'], expected "
-        "['summary', 'ask', 'dismissed']",
+        "     steps started ['summary', 'context', 'ask', 'isolate_decided', 'unresolved'], "
+        "expected ['summary', 'ask', 'dismissed']",
     ]
     assert "0 passed, 1 failed" in done.stderr
 
