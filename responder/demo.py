@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"SQLite, {len(report.playbooks)} playbooks", highlight=False)
 
     _step("Starting a Celery worker and the beat (deadlines, retries)")
-    processes = [subprocess.Popen([sys.executable, "-m", "responder", *args], env=env,
+    # A fixed argv of our own command; no shell, nothing from alerts.
+    processes = [subprocess.Popen([sys.executable, "-m", "responder", *args], env=env,  # noqa: S603
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for args in (["worker", "--pool", "solo"], ["beat", "--interval", "0.2"])]
     if not os.environ.get("KUBECONFIG") and not Path("~/.kube/config").expanduser().exists():

@@ -15,6 +15,7 @@ import hashlib
 import os
 import socket
 import traceback
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,18 +217,20 @@ class Executor:
 
     # -- decisions ------------------------------------------------------------------------
     def decide(self, *, incident_id: str | None = None, approval_id: str | None = None,
-               option: str, actor: str, reason: str | None = None) -> DecisionOutcome:
+               option: str, actor: str, reason: str | None = None,
+               groups: Collection[str] = ()) -> DecisionOutcome:
         """A person's decision on a pending approval: authorised, two-person where asked,
-        first valid decision wins. Refusals are audited too."""
+        first valid decision wins. Refusals are audited too. ``groups`` are the chat user
+        groups (handles) the transport found the actor to belong to."""
         now = now_ns()
         try:
             return self._decide(now, incident_id, approval_id, option=option, actor=actor,
-                                reason=reason)
+                                reason=reason, groups=groups)
         except _RolledBack as exc:
             return DecisionOutcome(False, str(exc))
 
     def _decide(self, now: int, incident_id: str | None, approval_id: str | None, *, option: str,
-                actor: str, reason: str | None) -> DecisionOutcome:
+                actor: str, reason: str | None, groups: Collection[str]) -> DecisionOutcome:
         dispatches: Applied | None = None
         with self.engine.begin() as conn:
             approval = self._find_approval(conn, incident_id, approval_id)
@@ -245,7 +248,7 @@ class Executor:
             refusal = None
             if option not in params.get("options", []):
                 refusal = f"{option!r} is not an option ({', '.join(params.get('options', []))})"
-            elif not authorised(actor, params.get("approvers", [])):
+            elif not authorised(actor, params.get("approvers", []), groups):
                 refusal = f"{actor} is not an approver of this step"
             if refusal is not None:
                 audit.append(conn, [audit.AuditEntry(
@@ -373,8 +376,10 @@ class _RolledBack(Exception):
     pass
 
 
-def authorised(actor: str, approvers: list[str]) -> bool:
-    """``cli:alice`` is allowed by ``cli:alice`` or ``cli:*``. Group membership (slack-group:)
-    is resolved by the transport that knows the groups before it calls decide()."""
+def authorised(actor: str, approvers: list[str], groups: Collection[str] = ()) -> bool:
+    """``cli:alice`` is allowed by ``cli:alice`` or ``cli:*``; ``slack:U1`` also by
+    ``slack-group:<handle>`` when the transport resolved U1 into that group."""
     kind = actor.split(":", 1)[0]
-    return actor in approvers or f"{kind}:*" in approvers
+    if actor in approvers or f"{kind}:*" in approvers:
+        return True
+    return any(f"{kind}-group:{group}" in approvers for group in groups)
