@@ -9,7 +9,7 @@ into aggregated ``alerts.received`` records, so a storm does not grow the audit 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,9 +86,9 @@ def record_groups(
     # Always lock incident rows in the same order, so concurrent PostgreSQL batches never deadlock.
     ordered = sorted(groups, key=lambda g: g.incident_id)
     returned: dict[str, Row[Any]] = {}
-    for chunk in _chunks(ordered, _ROWS_PER_STATEMENT):
-        for row in conn.execute(_incident_upsert(conn, chunk, received_ns)):
-            returned[row.id] = row
+    rows = [_incident_row(group, received_ns) for group in ordered]
+    for row in conn.execute(_statement(conn, "incidents"), rows):
+        returned[row.id] = row
     _record_rules(conn, ordered)
     _record_samples(conn, ordered, {i: int(r.alert_count) for i, r in returned.items()},
                     received_ns, policy)
@@ -110,30 +110,36 @@ def record_groups(
     return [outcomes[g.incident_id] for g in groups]
 
 
-_ROWS_PER_STATEMENT = 200
+_STATEMENTS: dict[tuple[str, str], Any] = {}
 
 
-def _chunks(items: Sequence[AlertGroup], size: int) -> Iterator[Sequence[AlertGroup]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _statement(conn: Connection, name: str) -> Any:
+    """One statement object per dialect and table, executed with many parameter sets: SQLAlchemy
+    compiles it once (a fresh multi-row VALUES per batch was the intake's main CPU cost)."""
+    key = (conn.dialect.name, name)
+    found = _STATEMENTS.get(key)
+    if found is None:
+        found = _BUILDERS[name](conn)
+        _STATEMENTS[key] = found
+    return found
 
 
-def _incident_upsert(conn: Connection, groups: Sequence[AlertGroup],
-                     received_ns: int) -> ReturningInsert[Any]:
-    values = []
-    for group in groups:
-        alerts = group.alerts
-        values.append({
-            "id": group.incident_id, "key": group.key, "status": "open",
-            "alert_count": len(alerts), "priority_rank": int(min(a.priority for a in alerts)),
-            "first_alert_id": alerts[0].alert_id,
-            "first_seen_ns": min(a.time_ns for a in alerts),
-            "last_seen_ns": max(a.time_ns for a in alerts),
-            "opened_at_ns": received_ns, "last_received_ns": received_ns,
-            "audited_count": len(alerts), "audited_at_ns": received_ns,
-            **_first_known(alerts),
-        })
-    stmt = upsert(conn, incidents).values(values)
+def _incident_row(group: AlertGroup, received_ns: int) -> dict[str, Any]:
+    alerts = group.alerts
+    return {
+        "id": group.incident_id, "key": group.key, "status": "open",
+        "alert_count": len(alerts), "priority_rank": int(min(a.priority for a in alerts)),
+        "first_alert_id": alerts[0].alert_id,
+        "first_seen_ns": min(a.time_ns for a in alerts),
+        "last_seen_ns": max(a.time_ns for a in alerts),
+        "opened_at_ns": received_ns, "last_received_ns": received_ns,
+        "audited_count": len(alerts), "audited_at_ns": received_ns,
+        **_first_known(alerts),
+    }
+
+
+def _incident_upsert(conn: Connection) -> ReturningInsert[Any]:
+    stmt = upsert(conn, incidents)
     ex = stmt.excluded
     t = incidents.c
     return stmt.on_conflict_do_update(
@@ -150,7 +156,8 @@ def _incident_upsert(conn: Connection, groups: Sequence[AlertGroup],
                                       ex.last_received_ns), else_=t.last_received_ns),
             **{name: func.coalesce(t[name], ex[name]) for name in _CONTEXT_FIELDS},
         },
-    ).returning(t.id, t.alert_count, t.audited_count, t.audited_at_ns)
+    ).returning(t.id, t.alert_count, t.audited_count, t.audited_at_ns,
+                sort_by_parameter_order=True)
 
 
 def _opened_entry(group: AlertGroup) -> audit.AuditEntry:
@@ -219,18 +226,21 @@ def _record_rules(conn: Connection, groups: Sequence[AlertGroup]) -> None:
             {"incident_id": group.incident_id, "rule": rule, "count": count,
              "priority_rank": int(firsts[rule].priority), "first_seen_ns": firsts[rule].time_ns}
             for rule, count in sorted(counts.items()))
+    conn.execute(_statement(conn, "rules"), values)
+
+
+def _rules_upsert(conn: Connection) -> Any:
     r = incident_rules.c
-    for start in range(0, len(values), _ROWS_PER_STATEMENT):
-        stmt = upsert(conn, incident_rules).values(values[start:start + _ROWS_PER_STATEMENT])
-        ex = stmt.excluded
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[r.incident_id, r.rule],
-            set_={"count": r.count + ex.count,
-                  "priority_rank": case((ex.priority_rank < r.priority_rank, ex.priority_rank),
-                                        else_=r.priority_rank),
-                  "first_seen_ns": case((ex.first_seen_ns < r.first_seen_ns, ex.first_seen_ns),
-                                        else_=r.first_seen_ns)},
-        ))
+    stmt = upsert(conn, incident_rules)
+    ex = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[r.incident_id, r.rule],
+        set_={"count": r.count + ex.count,
+              "priority_rank": case((ex.priority_rank < r.priority_rank, ex.priority_rank),
+                                    else_=r.priority_rank),
+              "first_seen_ns": case((ex.first_seen_ns < r.first_seen_ns, ex.first_seen_ns),
+                                    else_=r.first_seen_ns)},
+    )
 
 
 def _record_samples(conn: Connection, groups: Sequence[AlertGroup], totals: dict[str, int],
@@ -253,13 +263,20 @@ def _record_samples(conn: Connection, groups: Sequence[AlertGroup], totals: dict
                           "alert_id": alert.alert_id, "received_ns": received_ns,
                           "payload": orjson.dumps(alert.raw).decode()}
         values.extend(rows.values())
+    if values:
+        conn.execute(_statement(conn, "samples"), values)
+
+
+def _samples_upsert(conn: Connection) -> Any:
     s = incident_alerts.c
-    for start in range(0, len(values), _ROWS_PER_STATEMENT):
-        stmt = upsert(conn, incident_alerts).values(values[start:start + _ROWS_PER_STATEMENT])
-        ex = stmt.excluded
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[s.incident_id, s.slot],
-            set_={"ordinal": ex.ordinal, "alert_id": ex.alert_id, "received_ns": ex.received_ns,
-                  "payload": ex.payload},
-            where=ex.ordinal > s.ordinal,
-        ))
+    stmt = upsert(conn, incident_alerts)
+    ex = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[s.incident_id, s.slot],
+        set_={"ordinal": ex.ordinal, "alert_id": ex.alert_id, "received_ns": ex.received_ns,
+              "payload": ex.payload},
+        where=ex.ordinal > s.ordinal,
+    )
+
+
+_BUILDERS = {"incidents": _incident_upsert, "rules": _rules_upsert, "samples": _samples_upsert}

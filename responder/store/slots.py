@@ -4,8 +4,9 @@ Redis correlator's map after Redis lost it."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from sqlalchemy import Connection, case, select
+from sqlalchemy import BigInteger, Connection, bindparam, case, select
 
 from responder.store.recording import upsert
 from responder.store.schema import correlation_slots, incidents
@@ -19,25 +20,29 @@ def assign(conn: Connection, candidates: Mapping[str, str], *, now_ns: int,
     missing slot takes the candidate. Row locks (PostgreSQL) or the single writer (SQLite) make
     concurrent callers agree.
     """
-    out: dict[str, str] = {}
-    s = correlation_slots.c
     keys = sorted(candidates)  # fixed lock order across concurrent batches
-    for start in range(0, len(keys), 500):
-        stmt = upsert(conn, correlation_slots).values([
-            {"key": key, "incident_id": candidates[key],
-             "expires_ns": now_ns + (windows or {}).get(key, window_ns)}
-            for key in keys[start:start + 500]
-        ])
-        ex = stmt.excluded
-        returning = stmt.on_conflict_do_update(
-            index_elements=[s.key],
-            set_={"incident_id": case((s.expires_ns <= now_ns, ex.incident_id),
-                                      else_=s.incident_id),
-                  "expires_ns": case((ex.expires_ns > s.expires_ns, ex.expires_ns),
-                                     else_=s.expires_ns)},
-        ).returning(s.key, s.incident_id)
-        out.update({row.key: row.incident_id for row in conn.execute(returning)})
-    return out
+    rows = [{"key": key, "incident_id": candidates[key], "now_ns": now_ns,
+             "expires_ns": now_ns + (windows or {}).get(key, window_ns)} for key in keys]
+    statement = _STATEMENTS.get(conn.dialect.name)
+    if statement is None:  # built once per dialect, executed with many parameter sets
+        statement = _STATEMENTS[conn.dialect.name] = _assign_statement(conn)
+    return {row.key: row.incident_id for row in conn.execute(statement, rows)}
+
+
+_STATEMENTS: dict[str, Any] = {}
+
+
+def _assign_statement(conn: Connection) -> Any:
+    s = correlation_slots.c
+    stmt = upsert(conn, correlation_slots)
+    ex = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[s.key],
+        set_={"incident_id": case((s.expires_ns <= bindparam("now_ns", type_=BigInteger),
+                                   ex.incident_id), else_=s.incident_id),
+              "expires_ns": case((ex.expires_ns > s.expires_ns, ex.expires_ns),
+                                 else_=s.expires_ns)},
+    ).returning(s.key, s.incident_id, sort_by_parameter_order=True)
 
 
 def live_incidents(conn: Connection, keys: list[str], *, since_ns: int,
