@@ -169,8 +169,13 @@ def labels_to_strip(cluster: Cluster, pod: dict[str, Any],
     return sorted(k for k in keys if k in labels)
 
 
-def _pinned(pod: dict[str, Any], expected_uid: str | None) -> bool:
-    return expected_uid is None or pod["metadata"].get("uid") == expected_uid
+def _target_changed(before: dict[str, Any], expected_uid: str | None) -> Outcome | None:
+    """Actions are pinned to the pod that was approved: another pod of the same name (the
+    controller recreated it) is left alone."""
+    if expected_uid is None or before["uid"] == expected_uid:
+        return None
+    return Outcome("target_changed", {"expected_uid": expected_uid,
+                                      "found_uid": before["uid"]}, before)
 
 
 def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, now: str,
@@ -178,9 +183,9 @@ def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, no
             dry_run: bool = False) -> Outcome:
     pod = get_pod(cluster, namespace, name)
     before = summary(pod)
-    if not _pinned(pod, expected_uid):
-        return Outcome("target_changed", {"expected_uid": expected_uid,
-                                          "found_uid": before["uid"]}, before)
+    changed = _target_changed(before, expected_uid)
+    if changed is not None:
+        return changed
     labels = pod["metadata"].get("labels") or {}
     annotations = pod["metadata"].get("annotations") or {}
     if labels.get(QUARANTINE_LABEL) == incident_id and not dry_run:
@@ -251,9 +256,9 @@ def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | 
             dry_run: bool = False) -> Outcome:
     pod = get_pod(cluster, namespace, name)
     before = summary(pod)
-    if not _pinned(pod, expected_uid):
-        return Outcome("target_changed", {"expected_uid": expected_uid,
-                                          "found_uid": before["uid"]}, before)
+    changed = _target_changed(before, expected_uid)
+    if changed is not None:
+        return changed
     labels = pod["metadata"].get("labels") or {}
     annotations = pod["metadata"].get("annotations") or {}
     if QUARANTINE_LABEL not in labels:
@@ -282,9 +287,9 @@ def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | No
     except NotFound:
         return Outcome("already_gone", {"pod": name, "namespace": namespace})
     before = summary(pod)
-    if not _pinned(pod, expected_uid):
-        return Outcome("target_changed", {"expected_uid": expected_uid,
-                                          "found_uid": before["uid"]}, before)
+    changed = _target_changed(before, expected_uid)
+    if changed is not None:
+        return changed
     delete_options: dict[str, Any] = {"preconditions": {"uid": pod["metadata"]["uid"]}}
     if grace_period_s is not None:
         delete_options["gracePeriodSeconds"] = grace_period_s
@@ -317,9 +322,9 @@ def delete(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | N
     except NotFound:
         return Outcome("already_gone", {"pod": name, "namespace": namespace})
     before = summary(pod)
-    if not _pinned(pod, expected_uid):
-        return Outcome("target_changed", {"expected_uid": expected_uid,
-                                          "found_uid": before["uid"]}, before)
+    changed = _target_changed(before, expected_uid)
+    if changed is not None:
+        return changed
     options = {"gracePeriodSeconds": grace_period_s,
                "preconditions": {"uid": pod["metadata"]["uid"]}}
     if dry_run:
@@ -342,9 +347,9 @@ def set_metadata(cluster: Cluster, namespace: str, name: str, *, field_name: str
     """Merge labels or annotations (None removes a key)."""
     pod = get_pod(cluster, namespace, name)
     before = summary(pod)
-    if not _pinned(pod, expected_uid):
-        return Outcome("target_changed", {"expected_uid": expected_uid,
-                                          "found_uid": before["uid"]}, before)
+    changed = _target_changed(before, expected_uid)
+    if changed is not None:
+        return changed
     current = pod["metadata"].get(field_name) or {}
     if all(current.get(k) == v for k, v in values.items()):
         return Outcome("unchanged", {field_name: copy.deepcopy(values)}, before, before)
