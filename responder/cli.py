@@ -573,43 +573,52 @@ def _pod_action(ctx: click.Context, action: str, target: str, params: dict[str, 
         sys.exit(1)
 
 
+def _pod_options(command: Any) -> Any:
+    """The options every manual pod action takes."""
+    for option in (
+        click.option("--allow-protected", is_flag=True),
+        click.option("--dry-run", is_flag=True, default=None),
+        click.option("--uid", default=None, help="Act only if the pod still has this UID."),
+        click.option("--incident", "incident_id", default=None),
+    ):
+        command = option(command)
+    return command
+
+
 @pods_group.command("isolate")
 @click.argument("target")
-@click.option("--incident", "incident_id", default=None)
-@click.option("--dry-run", is_flag=True, default=None)
-@click.option("--allow-protected", is_flag=True)
+@_pod_options
 @click.pass_context
-def pods_isolate(ctx: click.Context, target: str, incident_id: str | None,
+def pods_isolate(ctx: click.Context, target: str, incident_id: str | None, uid: str | None,
                  dry_run: bool | None, allow_protected: bool) -> None:
     """Quarantine NAMESPACE/POD (reversible with `pods release`)."""
-    _pod_action(ctx, "isolate", target, {"dry_run": dry_run or None,
+    _pod_action(ctx, "isolate", target, {"dry_run": dry_run or None, "uid": uid,
                                          "allow_protected": allow_protected}, incident_id)
 
 
 @pods_group.command("release")
 @click.argument("target")
-@click.option("--dry-run", is_flag=True, default=None)
-@click.option("--allow-protected", is_flag=True)
+@_pod_options
 @click.pass_context
-def pods_release(ctx: click.Context, target: str, dry_run: bool | None,
-                 allow_protected: bool) -> None:
+def pods_release(ctx: click.Context, target: str, incident_id: str | None, uid: str | None,
+                 dry_run: bool | None, allow_protected: bool) -> None:
     """Undo isolate for NAMESPACE/POD."""
-    _pod_action(ctx, "release", target, {"dry_run": dry_run or None,
-                                         "allow_protected": allow_protected}, None)
+    _pod_action(ctx, "release", target, {"dry_run": dry_run or None, "uid": uid,
+                                         "allow_protected": allow_protected}, incident_id)
 
 
 @pods_group.command("evict")
 @click.argument("target")
 @click.option("--grace-period", type=int, default=None)
-@click.option("--dry-run", is_flag=True, default=None)
-@click.option("--allow-protected", is_flag=True)
+@_pod_options
 @click.pass_context
 def pods_evict(ctx: click.Context, target: str, grace_period: int | None,
-               dry_run: bool | None, allow_protected: bool) -> None:
+               incident_id: str | None, uid: str | None, dry_run: bool | None,
+               allow_protected: bool) -> None:
     """Evict NAMESPACE/POD through the Eviction API (exits 1 when a budget blocks it)."""
-    _pod_action(ctx, "evict", target, {"dry_run": dry_run or None,
+    _pod_action(ctx, "evict", target, {"dry_run": dry_run or None, "uid": uid,
                                        "allow_protected": allow_protected,
-                                       "grace_period_seconds": grace_period}, None)
+                                       "grace_period_seconds": grace_period}, incident_id)
 
 
 @main.command()

@@ -178,10 +178,19 @@ def _target_changed(before: dict[str, Any], expected_uid: str | None) -> Outcome
                                       "found_uid": before["uid"]}, before)
 
 
+def _get_or_gone(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | Outcome:
+    try:
+        return get_pod(cluster, namespace, name)
+    except NotFound:
+        return Outcome("already_gone", {"pod": name, "namespace": namespace})
+
+
 def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, now: str,
             expected_uid: str | None, strip: list[str] | None = None,
             dry_run: bool = False) -> Outcome:
-    pod = get_pod(cluster, namespace, name)
+    pod = _get_or_gone(cluster, namespace, name)
+    if isinstance(pod, Outcome):
+        return pod
     before = summary(pod)
     changed = _target_changed(before, expected_uid)
     if changed is not None:
@@ -254,7 +263,9 @@ def _isolation_detail(cluster: Cluster, pod: dict[str, Any],
 
 def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
             dry_run: bool = False) -> Outcome:
-    pod = get_pod(cluster, namespace, name)
+    pod = _get_or_gone(cluster, namespace, name)
+    if isinstance(pod, Outcome):
+        return pod
     before = summary(pod)
     changed = _target_changed(before, expected_uid)
     if changed is not None:
@@ -282,10 +293,9 @@ def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | 
 
 def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
           grace_period_s: int | None = None, dry_run: bool = False) -> Outcome:
-    try:
-        pod = get_pod(cluster, namespace, name)
-    except NotFound:
-        return Outcome("already_gone", {"pod": name, "namespace": namespace})
+    pod = _get_or_gone(cluster, namespace, name)
+    if isinstance(pod, Outcome):
+        return pod
     before = summary(pod)
     changed = _target_changed(before, expected_uid)
     if changed is not None:
@@ -317,10 +327,9 @@ def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | No
 
 def delete(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
            grace_period_s: int = 0, dry_run: bool = False) -> Outcome:
-    try:
-        pod = get_pod(cluster, namespace, name)
-    except NotFound:
-        return Outcome("already_gone", {"pod": name, "namespace": namespace})
+    pod = _get_or_gone(cluster, namespace, name)
+    if isinstance(pod, Outcome):
+        return pod
     before = summary(pod)
     changed = _target_changed(before, expected_uid)
     if changed is not None:
@@ -345,7 +354,9 @@ def set_metadata(cluster: Cluster, namespace: str, name: str, *, field_name: str
                  values: dict[str, str | None], expected_uid: str | None,
                  dry_run: bool = False) -> Outcome:
     """Merge labels or annotations (None removes a key)."""
-    pod = get_pod(cluster, namespace, name)
+    pod = _get_or_gone(cluster, namespace, name)
+    if isinstance(pod, Outcome):
+        return pod
     before = summary(pod)
     changed = _target_changed(before, expected_uid)
     if changed is not None:
