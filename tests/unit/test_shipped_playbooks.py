@@ -133,7 +133,7 @@ def test_terminal_shell_playbook_observes_without_approval(shipped: list[Playboo
 def test_system_namespace_playbook_only_observes(shipped: list[Playbook]) -> None:
     system = next(p for p in shipped if p.name == "system-namespace-drift")
     assert {s.uses for s in system.steps} <= {"core.note", "core.log", "core.set"}
-    assert system.match.namespaces.include == ["kube-system"]
+    assert system.match.namespaces.include == ["kube-system", "kube-public", "kube-node-lease"]
 
 
 def test_every_approval_is_bounded_and_makes_eviction_two_person(
