@@ -75,6 +75,10 @@ class FalcoPayload(BaseModel):
         return value
 
 
+#: Top-level fields whose shape the model fixes (output_fields values could still nest).
+_KNOWN = frozenset(FalcoPayload.model_fields) - {"output_fields"}
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """A validated, normalised alert. ``raw`` is the payload as received (for the record)."""
@@ -120,7 +124,9 @@ def parse_alert(item: object) -> Alert:
     if not isinstance(item, dict):
         kind = type(item).__name__ if item is not None else "null"
         raise InvalidAlert([Problem("(item)", f"an alert must be a JSON object, not {kind}")])
-    if _depth_exceeds(item, MAX_DEPTH):
+    # Known fields have fixed shapes the model checks; only unknown extras can nest freely.
+    extras = [v for k, v in item.items() if k not in _KNOWN and isinstance(v, dict | list)]
+    if extras and _depth_exceeds(extras, MAX_DEPTH):
         raise InvalidAlert([Problem("(item)", f"nested deeper than {MAX_DEPTH} levels")])
     try:
         payload = FalcoPayload.model_validate(item)
