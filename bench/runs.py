@@ -211,7 +211,7 @@ def _machine() -> tuple[float, float]:
 
 class CpuMeter:
     """CPU (% of one core) per role between start() and stop(): our services by pid, PostgreSQL,
-    Redis, this process, and everything else ("foreign")."""
+    Redis, this process, kernel threads, and everything else ("other": foreign work)."""
 
     def __init__(self, roles: dict[int, str]) -> None:
         self.roles = roles
@@ -242,6 +242,8 @@ class CpuMeter:
                 role = "postgres"
             elif name.startswith("redis"):
                 role = "redis"
+            elif name.startswith(("kworker", "kdamond", "ksoftirqd", "jbd2", "kswapd")):
+                role = "kernel threads"  # serve everyone, PostgreSQL's writes included
             else:
                 role = "other"
                 others[name] = others.get(name, 0.0) + 100 * delta / wall

@@ -662,3 +662,25 @@ def rbac(ctx: click.Context, playbooks_dir: Path | None, everything: bool, name:
     }
     sys.stdout.write(f"# plug-ins: {', '.join(sorted(used)) or '(none)'}\n")
     sys.stdout.write(yaml.safe_dump(role, sort_keys=False))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=int)
+@click.pass_context
+def bot(ctx: click.Context, host: str, port: int) -> None:
+    """Run the Slack bot: approval buttons, the dismiss modal and /drift, over HTTP
+    (POST /slack/events) or Socket Mode when SLACK_APP_TOKEN is set."""
+    settings = _settings(ctx)
+    socket_mode = settings.slack_app_token is not None
+    if settings.slack_bot_token is None:
+        raise click.UsageError("SLACK_BOT_TOKEN is not set: the bot cannot talk to Slack")
+    if settings.slack_signing_secret is None and not socket_mode:
+        raise click.UsageError("SLACK_SIGNING_SECRET is not set: refusing to accept "
+                               "unverifiable requests (or set SLACK_APP_TOKEN for Socket Mode)")
+    from bots.slack.app import run
+
+    _, executor, backends = _executor(ctx)
+    mode = "socket mode" if socket_mode else f"http://{host}:{port}/slack/events"
+    err.print(f"bot: {backends.describe()} slack={settings.slack_api_url} {mode}", markup=False)
+    run(settings, executor, executor.dispatcher, backends.redis, host=host, port=port)

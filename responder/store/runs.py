@@ -83,11 +83,18 @@ def runs_for_incident(conn: Connection, incident_id: str) -> list[RunRecord]:
     return [_record(r) for r in rows]
 
 
-def pending_runs(conn: Connection, *, created_before_ns: int, limit: int = 100) -> list[str]:
+def pending_runs(conn: Connection, *, untouched_since_ns: int, limit: int = 100) -> list[str]:
+    """Runs still pending whose start was last sent (or created) before the given time."""
     rows = conn.execute(select(runs.c.id).where(runs.c.status == "pending",
-                                                runs.c.created_ns <= created_before_ns)
-                        .order_by(runs.c.created_ns).limit(limit))
+                                                runs.c.updated_ns <= untouched_since_ns)
+                        .order_by(runs.c.updated_ns).limit(limit))
     return [r.id for r in rows]
+
+
+def touch_pending(conn: Connection, run_id: str, *, now_ns: int) -> bool:
+    """Note that the start of a pending run was sent again now (compare-and-set on status)."""
+    return conn.execute(update(runs).where(runs.c.id == run_id, runs.c.status == "pending")
+                        .values(updated_ns=now_ns)).rowcount == 1
 
 
 def due_runs(conn: Connection, *, now_ns: int, limit: int = 100) -> list[str]:

@@ -106,7 +106,7 @@ class Executor:
         state = RunState.from_json(record.state)
         decision = conduct(playbook, self.registry_kinds(), state, event, record.context)
         if decision.stale:
-            log.info("run.stale_event", run=run_id, event=type(event).__name__)
+            log.info("run.stale_event", run=run_id, event_type=type(event).__name__)
             return None
         new = decision.state
         now = event.now_ns
@@ -309,20 +309,26 @@ class Executor:
         return found[-1] if found else None
 
     # -- the beat's sweep -----------------------------------------------------------------
-    def sweep(self, *, start_after_s: float = 2.0) -> dict[str, int]:
+    def sweep(self) -> dict[str, int]:
         """Deadlines kept in the store, not in broker countdowns: lost starts, expired leases,
         due retries and expired approvals."""
         now = now_ns()
         counts = {"started": 0, "redispatched": 0, "timed_out": 0, "retried": 0, "expired": 0,
                   "dropped": 0}
+        # A start still pending after two grace periods was probably lost; re-sent at most once
+        # a period (the touch), so that a backlog in the queue is not multiplied by the beat.
+        quiet_ns = 2 * self.grace_ns
         with self.engine.connect() as conn:
-            pending = runs.pending_runs(conn, created_before_ns=now - int(start_after_s * NS))
+            pending = runs.pending_runs(conn, untouched_since_ns=now - quiet_ns)
             leases = runs.expired_leases(conn, now_ns=now)
             due = runs.due_runs(conn, now_ns=now)
             approvals = runs.expired_approvals(conn, now_ns=now)
         for run_id in pending:
-            self.dispatcher.start(run_id)
-            counts["started"] += 1
+            with self.engine.begin() as conn:
+                touched = runs.touch_pending(conn, run_id, now_ns=now)
+            if touched:
+                self.dispatcher.start(run_id)
+                counts["started"] += 1
         for lease in leases:
             counts[self._sweep_lease(lease, now)] += 1
         for approval in approvals:
@@ -355,7 +361,18 @@ class Executor:
             if step is None or step.status != RUNNING or step.attempt != lease.attempt:
                 runs.drop_lease(conn, run_id=lease.run_id, step_id=lease.step_id)
                 return "dropped"
+        if lease.owner is None:
+            # Sent but never claimed: the message is queued behind others, or no worker runs.
+            # Send again, less and less often; an attempt that never ran is never timed out.
+            backoff = self.grace_ns * 2 ** min(lease.dispatches, 5)
+            with self.engine.begin() as conn:
+                renewed = runs.renew_dispatch(conn, lease, deadline_ns=now + backoff)
+            if renewed:
+                self.dispatcher.run_step(lease.run_id, lease.step_id, lease.attempt,
+                                         lease.timeout_s)
+            return "redispatched"
         if lease.dispatches < MAX_DISPATCHES:
+            # Claimed, then silent past its timeout: the worker died (or hangs). Send again.
             with self.engine.begin() as conn:
                 renewed = runs.renew_dispatch(conn, lease,
                                               deadline_ns=now + self.grace_ns)
