@@ -1,0 +1,99 @@
+"""The executor over a real store, with a dispatcher that records what it would send."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from responder.intake.backends import Backends, open_backends
+from responder.intake.planning import RunPlanner
+from responder.models.alerts import parse_alert
+from responder.playbooks.schema import Playbook
+from responder.plugins.registry import load_all
+from responder.store import runs
+from responder.workers.executing import Executor
+from tests.conftest import make_settings
+from tests.support.samples import drift_alert
+
+PLAYBOOK = Playbook.model_validate({
+    "name": "two-notes", "match": {"rules": ["Drop and execute new binary in container"]},
+    "steps": [{"id": "a", "uses": "core.note", "with": {"message": "a"}},
+              {"id": "b", "uses": "core.note", "with": {"message": "b"}}],
+})
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def start(self, run_id: str) -> None:
+        self.sent.append(("start", run_id))
+
+    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
+        self.sent.append(("run_step", run_id, step_id, attempt))
+
+    def notify(self, incident_id: str) -> None:
+        self.sent.append(("notify", incident_id))
+
+
+@pytest.fixture
+def setup(backend_kind: str, request: pytest.FixtureRequest) -> Iterator[tuple[Backends,
+                                                                                  Executor,
+                                                                                  Recording]]:
+    sent = Recording()
+    backends = open_backends(make_settings(backend_kind, request),
+                             planner=RunPlanner([PLAYBOOK]), dispatcher=sent)
+    executor = Executor(backends.engine, load_all(), sent, grace_s=0.2)
+    yield backends, executor, sent
+    backends.close()
+
+
+def test_a_redelivered_start_is_stale_and_changes_nothing(setup: Any) -> None:
+    backends, executor, sent = setup
+    recorded = backends.recorder.record([parse_alert(drift_alert(1))])
+    [run_id] = recorded.runs
+    assert executor.start(run_id) is True
+    assert executor.start(run_id) is False  # the same message delivered twice
+    assert [s for s in sent.sent if s[0] == "run_step"] == [("run_step", run_id, "a", 1)]
+
+
+def test_a_redelivered_step_runs_its_plugin_once(setup: Any) -> None:
+    backends, executor, sent = setup
+    [run_id] = backends.recorder.record([parse_alert(drift_alert(2))]).runs
+    executor.start(run_id)
+    assert executor.run_step(run_id, "a", 1) == "recorded"
+    assert executor.run_step(run_id, "a", 1) == "already done"
+    executor.run_step(run_id, "b", 1)
+    with backends.engine.connect() as conn:
+        record = runs.load_run(conn, run_id)
+    assert record is not None
+    assert record.status == "succeeded"
+
+
+def test_the_beat_resends_a_lost_start_once_a_period_not_every_sweep(setup: Any) -> None:
+    backends, executor, sent = setup
+    [run_id] = backends.recorder.record([parse_alert(drift_alert(3))]).runs
+    sent.sent.clear()
+    assert executor.sweep()["started"] == 0  # too early: the first send may still be queued
+    time.sleep(0.45)
+    assert executor.sweep()["started"] == 1
+    assert executor.sweep()["started"] == 0  # just re-sent: not again at the next sweep
+    assert sent.sent == [("start", run_id)]
+
+
+def test_an_unclaimed_step_is_resent_with_backoff_and_never_timed_out(setup: Any) -> None:
+    backends, executor, sent = setup
+    [run_id] = backends.recorder.record([parse_alert(drift_alert(4))]).runs
+    executor.start(run_id)
+    sent.sent.clear()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        counts = executor.sweep()
+        assert counts["timed_out"] == 0
+        time.sleep(0.05)
+    resends = [s for s in sent.sent if s[0] == "run_step"]
+    assert 2 <= len(resends) <= 4  # 0.2 s, then 0.4 s, 0.8 s...: backing off
+    assert executor.run_step(run_id, "a", 1) == "recorded"  # still runnable when it arrives
