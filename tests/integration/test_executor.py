@@ -61,7 +61,7 @@ def test_a_redelivered_start_is_stale_and_changes_nothing(setup: Any) -> None:
 
 
 def test_a_redelivered_step_runs_its_plugin_once(setup: Any) -> None:
-    backends, executor, sent = setup
+    backends, executor, _ = setup
     [run_id] = backends.recorder.record([parse_alert(drift_alert(2))]).runs
     executor.start(run_id)
     assert executor.run_step(run_id, "a", 1) == "recorded"
