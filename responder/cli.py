@@ -50,10 +50,16 @@ def _open(ctx: click.Context, *, migrate: bool | None = None,
     planner = dispatcher = None
     if with_runs:
         from responder.intake.planning import RunPlanner
-        from responder.workers.app import CeleryDispatcher, make_celery
+        from responder.workers.app import CeleryDispatcher, ensure_queue, make_celery
 
         planner = RunPlanner(_load_playbooks(settings))
-        dispatcher = CeleryDispatcher(make_celery(settings))
+        celery_app = make_celery(settings)
+        try:
+            ensure_queue(celery_app)
+        except Exception as exc:  # the beat re-sends starts once the broker is back
+            err.print(f"broker not reachable yet ({type(exc).__name__}); runs will start once "
+                      "it is", markup=False)
+        dispatcher = CeleryDispatcher(celery_app)
     try:
         return backends_mod.open_backends(settings, migrate=migrate, planner=planner,
                                           dispatcher=dispatcher)
@@ -436,9 +442,10 @@ def _executor(ctx: click.Context) -> Any:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int, pool: str) -> None:
     """Run a Celery worker for playbook runs."""
-    from responder.workers.app import install_executor
+    from responder.workers.app import ensure_queue, install_executor
 
     app, executor, backends = _executor(ctx)
+    ensure_queue(app)
     install_executor(executor, _notify_function(_settings(ctx), backends))
     err.print(f"{backends.describe()} broker={_redact(_settings(ctx).effective_broker_url)}",
               markup=False)
@@ -538,36 +545,18 @@ def _pod_action(ctx: click.Context, action: str, target: str, params: dict[str, 
                 incident_id: str | None) -> None:
     import getpass
 
-    from responder.kube.client import KubeError
-    from responder.plugins import runtime
-    from responder.plugins.kubernetes import ProtectedNamespace
-    from responder.plugins.registry import RecordingContext, load_all
+    from responder.workers.manual import BadTarget, run_pod_action
 
-    namespace, _, pod = target.partition("/")
-    if not namespace or not pod:
-        raise click.UsageError(f"expected NAMESPACE/POD, got {target!r}")
     settings = _settings(ctx)
-    runtime.install(settings)
-    plugin = load_all(settings.plugin_module_list)[f"kubernetes.{action}"]
-    actor = f"cli:{getpass.getuser()}"
     backends = _open(ctx)
-    step = RecordingContext("manual", action, 1, {"id": incident_id or "manual"}, {})
     try:
-        result = plugin.run(step, plugin.params.model_validate(
-            {"namespace": namespace, "pod": pod, **params}))
-        payload = result.model_dump(mode="json")
-        failed = payload["status"] in ("blocked_by_pdb", "target_changed")
-    except (KubeError, ProtectedNamespace) as exc:
-        payload, failed = {"status": "error", "error": str(exc)}, True
-    entries = [audit.AuditEntry(kind=kind, actor=actor, incident_id=incident_id,
-                                data={"target": target, **data}) for kind, data in step.records]
-    entries.append(audit.AuditEntry(kind=f"manual.{action}", actor=actor,
-                                    incident_id=incident_id,
-                                    data={"target": target, "result": payload}))
-    with backends.engine.begin() as conn:
-        audit.append(conn, entries)
+        done = run_pod_action(settings, backends.engine, action, target, params,
+                              actor=f"cli:{getpass.getuser()}", incident_id=incident_id)
+    except BadTarget as exc:
+        raise click.UsageError(str(exc)) from None
+    payload = done.payload
     sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
-    if failed:
+    if done.failed:
         err.print(f"{action} {target}: {payload.get('error') or payload['status']}",
                   markup=False)
         sys.exit(1)

@@ -33,7 +33,7 @@ from responder.playbooks.inspecting import lint_paths
 from responder.plugins.registry import load_all
 from responder.settings import Settings
 from responder.store import audit, incidents, runs
-from responder.workers.app import CeleryDispatcher, make_celery
+from responder.workers.app import CeleryDispatcher, ensure_queue, make_celery
 from responder.workers.executing import Executor
 
 console = Console(soft_wrap=True)
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                       markup=False)
         return 1
     celery_app = make_celery(settings)
+    ensure_queue(celery_app)
     dispatcher = CeleryDispatcher(celery_app)
     backends = open_backends(settings, planner=RunPlanner(report.playbooks),
                              dispatcher=dispatcher)

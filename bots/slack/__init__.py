@@ -1,1 +1,6 @@
-"""The Slack bot (slack-bolt). Listeners arrive with the Slack chat-ops issue."""
+"""The Slack bot (slack-bolt): approval buttons, the dismiss modal and ``/drift``.
+
+``app`` builds and serves it (HTTP or Socket Mode); ``listeners`` handles approvals, ``slash``
+the command, ``authorising`` user groups and command users, ``replay`` replay protection, and
+``commands`` the manual pod actions (no Slack imports).
+"""

@@ -8,6 +8,7 @@ live in the store and the beat sweeps them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,21 @@ def make_celery(settings: Settings) -> Celery:
             raise self.retry(countdown=exc.retry_after) from None
 
     return app
+
+
+def ensure_queue(app: Celery, attempts: int = 5) -> None:
+    """Declare the run queue up front. kombu's SQL transport creates a queue's row on first use,
+    and two processes doing that at the same moment collide on its unique name."""
+    name = str(app.conf.task_default_queue)
+    for attempt in range(1, attempts + 1):
+        try:
+            with app.connection_for_write() as connection:
+                app.amqp.queues[name].bind(connection.default_channel).declare()
+            return
+        except Exception:
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def install_executor(executor: Executor, notify: Callable[[str], Any] | None = None) -> None:
