@@ -25,6 +25,9 @@ class ApprovalParams(_Params):
     expires_after_seconds: float = Field(default=1800, gt=0, le=7 * 86400)
     on_timeout: str | None = Field(default=None, description="Option taken when it expires; "
                                    "none means the step fails when it expires.")
+    channel: str | None = Field(default=None, max_length=80, description="Chat channel for "
+                                "the prompt (default: per-namespace route, then "
+                                "DRIFT_SLACK_CHANNEL).")
 
     @model_validator(mode="after")
     def _known_options(self) -> ApprovalParams:
@@ -54,6 +57,17 @@ class ApprovalResult(BaseModel):
 def approval(_: StepContext, params: ApprovalParams) -> ApprovalResult:
     # The conductor suspends on approval steps; this runs only in rehearsals without a decision.
     raise RuntimeError("core.approval is decided by people, not run")
+
+
+# The same request, named for where it is answered: the prompt goes to Slack (the notifier
+# picks Slack whenever a bot token is configured, for either name).
+plugin("slack.prompt",
+       description="An approval asked in Slack: the incident message with one button per "
+                   "option, in `channel` (or the namespace's route, or DRIFT_SLACK_CHANNEL).",
+       params=ApprovalParams, result=ApprovalResult, is_approval=True,
+       example={"channel": "#secops", "options": ["isolate", "evict", "dismiss"],
+                "approvers": ["slack-group:secops"], "two_person": ["evict"],
+                "on_timeout": "isolate"})(approval)
 
 
 class NoteParams(_Params):
