@@ -38,20 +38,23 @@ class RunPlanner:
 
     def plan(self, conn: Connection, groups: Sequence[AlertGroup], *,
              now_ns: int) -> list[str]:
-        """Create the runs of newly opened incidents; returns their ids."""
+        """Create the runs that these alerts call for: one per incident and matched playbook
+        (an incident that already has that playbook's run gets nothing new). Returns new ids."""
         created: list[str] = []
         for group in groups:
-            first = group.alerts[0]
-            playbook = select(self.playbooks, first)
-            if playbook is None:
-                continue
-            run_id = new_incident_id()
-            context = {"alert": alert_context(first), "incident": _incident(group)}
-            state = RunState.new(run_id, playbook.name, [s.id for s in playbook.steps])
-            if runs.create_run(conn, run_id=run_id, incident_id=group.incident_id,
-                               playbook=playbook.name, spec=self._specs[playbook.name],
-                               context=context, state=state.to_json(), now_ns=now_ns):
-                created.append(run_id)
+            wanted: dict[str, tuple[Playbook, Alert]] = {}
+            for alert in {a.rule: a for a in reversed(group.alerts)}.values():
+                playbook = select(self.playbooks, alert)
+                if playbook is not None and playbook.name not in wanted:
+                    wanted[playbook.name] = (playbook, alert)
+            for playbook, alert in wanted.values():
+                run_id = new_incident_id()
+                context = {"alert": alert_context(alert), "incident": _incident(group)}
+                state = RunState.new(run_id, playbook.name, [s.id for s in playbook.steps])
+                if runs.create_run(conn, run_id=run_id, incident_id=group.incident_id,
+                                   playbook=playbook.name, spec=self._specs[playbook.name],
+                                   context=context, state=state.to_json(), now_ns=now_ns):
+                    created.append(run_id)
         return created
 
 

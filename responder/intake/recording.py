@@ -78,10 +78,14 @@ class Recorder:
                                                policy=self.policy)
             opened = [o.incident_id for o in outcomes if o.opened]
             started: list[str] = []
-            if self.planner is not None and opened:
-                fresh = set(opened)
-                started = self.planner.plan(conn, [g for g in groups if g.incident_id in fresh],
-                                            now_ns=received)
+            # A rule new to an incident may belong to another playbook (a shell, then a dropped
+            # binary): each playbook gets its run, once per incident (create_run is idempotent).
+            fresh = {o.incident_id: set(o.new_rules) for o in outcomes if o.new_rules}
+            if self.planner is not None and fresh:
+                started = self.planner.plan(conn, [
+                    recording.AlertGroup(g.incident_id, g.key,
+                                         [a for a in g.alerts if a.rule in fresh[g.incident_id]])
+                    for g in groups if g.incident_id in fresh], now_ns=received)
             if batch_id is not None:
                 recording.mark_batch(conn, batch_id, len(alerts), received)
         self._dispatch(started)

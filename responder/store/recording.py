@@ -40,6 +40,8 @@ class GroupOutcome:
     incident_id: str
     opened: bool
     alert_count: int
+    #: Rules this batch brought to the incident for the first time (each may start a playbook).
+    new_rules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ def record_groups(
     rows = [_incident_row(group, received_ns) for group in ordered]
     for row in conn.execute(_statement(conn, "incidents"), rows):
         returned[row.id] = row
-    _record_rules(conn, ordered)
+    new_rules = _record_rules(conn, ordered)
     _record_samples(conn, ordered, {i: int(r.alert_count) for i, r in returned.items()},
                     received_ns, policy)
 
@@ -99,7 +101,8 @@ def record_groups(
         row = returned[group.incident_id]
         total, n = int(row.alert_count), len(group.alerts)
         opened = total == n  # only the upsert that created the row saw a count of exactly n
-        outcomes[group.incident_id] = GroupOutcome(group.incident_id, opened, total)
+        outcomes[group.incident_id] = GroupOutcome(group.incident_id, opened, total,
+                                                   tuple(new_rules.get(group.incident_id, ())))
         if opened:
             entries.append(_opened_entry(group))
         elif (total - row.audited_count >= policy.audit_every_alerts
@@ -215,7 +218,8 @@ def _first_known(alerts: Sequence[Alert]) -> dict[str, Any]:
     return found
 
 
-def _record_rules(conn: Connection, groups: Sequence[AlertGroup]) -> None:
+def _record_rules(conn: Connection, groups: Sequence[AlertGroup]) -> dict[str, list[str]]:
+    """Count rules per incident; returns the rules that are new to each incident."""
     values: list[dict[str, Any]] = []
     for group in groups:
         counts = Counter(a.rule for a in group.alerts)
@@ -226,7 +230,11 @@ def _record_rules(conn: Connection, groups: Sequence[AlertGroup]) -> None:
             {"incident_id": group.incident_id, "rule": rule, "count": count,
              "priority_rank": int(firsts[rule].priority), "first_seen_ns": firsts[rule].time_ns}
             for rule, count in sorted(counts.items()))
-    conn.execute(_statement(conn, "rules"), values)
+    new: dict[str, list[str]] = {}
+    for sent, row in zip(values, conn.execute(_statement(conn, "rules"), values), strict=True):
+        if int(row.total) == sent["count"]:  # no count before this batch: a first sighting
+            new.setdefault(sent["incident_id"], []).append(sent["rule"])
+    return new
 
 
 def _rules_upsert(conn: Connection) -> Any:
@@ -240,7 +248,7 @@ def _rules_upsert(conn: Connection) -> Any:
                                     else_=r.priority_rank),
               "first_seen_ns": case((ex.first_seen_ns < r.first_seen_ns, ex.first_seen_ns),
                                     else_=r.first_seen_ns)},
-    )
+    ).returning(r.count.label("total"), sort_by_parameter_order=True)
 
 
 def _record_samples(conn: Connection, groups: Sequence[AlertGroup], totals: dict[str, int],

@@ -90,3 +90,35 @@ def test_a_playbook_window_closes_its_incidents_sooner(planned: Backends) -> Non
     assert later.incidents != first.incidents
     assert later.opened == later.incidents
     assert len(later.runs) == 1
+
+
+
+DROPS = Playbook.model_validate({
+    "name": "drops", "precedence": 200,
+    "match": {"rules": ["Drop and execute new binary in container"]},
+    "steps": [{"id": "n", "uses": "core.note", "with": {"message": "z"}}],
+})
+
+
+def test_a_later_alert_for_another_playbook_starts_that_playbook_once(
+    backend_kind: str, request: pytest.FixtureRequest, sent: _Sent,
+) -> None:
+    backends = open_backends(make_settings(backend_kind, request),
+                             planner=RunPlanner([DROPS, OTHER]), dispatcher=sent)
+    try:
+        shell = backends.recorder.record([parse_alert(
+            drift_alert(5, seq=1, rule="Terminal shell in container"))])
+        # The attack chain: a shell first, then a dropped binary in the same container.
+        drop = backends.recorder.record([parse_alert(drift_alert(5, seq=2)),
+                                         parse_alert(drift_alert(5, seq=3))])
+        again = backends.recorder.record([parse_alert(drift_alert(5, seq=4))])
+        with backends.engine.connect() as conn:
+            playbooks = sorted(r.playbook for r in conn.execute(select(runs.c.playbook)))
+    finally:
+        backends.close()
+    assert drop.incidents == shell.incidents  # one incident for the container
+    assert len(shell.runs) == 1
+    assert len(drop.runs) == 1  # the new rule starts its own playbook
+    assert again.runs == []  # once per incident and playbook
+    assert playbooks == ["drops", "shells"]
+    assert sent.started == shell.runs + drop.runs
