@@ -197,12 +197,18 @@ def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, no
         return changed
     labels = pod["metadata"].get("labels") or {}
     annotations = pod["metadata"].get("annotations") or {}
-    if labels.get(QUARANTINE_LABEL) == incident_id and not dry_run:
-        # Already done (a repeated step): make sure the policy exists, report the same result.
+    if QUARANTINE_LABEL in labels:
+        # Already quarantined (a repeated step, or another incident of the same pod): keep the
+        # first record of the removed labels, or release could never restore them.
         removed = json.loads(annotations.get(ORIGINAL_LABELS_ANNOTATION, "{}"))
+        if dry_run:
+            return Outcome("dry_run", {"already_isolated_by": labels[QUARANTINE_LABEL],
+                                       "removed_labels": removed}, before)
         ensure_policy(cluster, namespace)
-        return Outcome("isolated", _isolation_detail(cluster, pod, removed), before,
-                       summary(pod))
+        detail = _isolation_detail(cluster, pod, removed)
+        if labels[QUARANTINE_LABEL] != incident_id:
+            detail["already_isolated_by"] = labels[QUARANTINE_LABEL]
+        return Outcome("isolated", detail, before, summary(pod))
     removed = {k: labels[k] for k in labels_to_strip(cluster, pod, strip)}
     patch = {"metadata": {
         "resourceVersion": pod["metadata"]["resourceVersion"],

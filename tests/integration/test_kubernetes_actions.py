@@ -321,3 +321,16 @@ def test_a_wrong_token_is_a_clear_401(tmp_path: Any) -> None:
         runtime.install(Settings(kube_host=fake.host, kube_token="nope", data_dir=tmp_path))
         with pytest.raises(KubeError, match=r"unauthenticated \(401\)"):
             run("kubernetes.isolate", {"namespace": "shop", "pod": "p"})
+
+
+def test_isolating_for_a_second_incident_keeps_the_first_record_so_release_restores_all(
+    fake: FakeKubernetes, web: dict[str, Any],
+) -> None:
+    original = dict(fake.pod("shop", web["name"])["metadata"]["labels"])  # type: ignore[index]
+    run("kubernetes.isolate", _target(web), incident="INC1")
+    second, _ = run("kubernetes.isolate", _target(web), incident="INC2")
+    assert second.status == "isolated"
+    assert second.detail["already_isolated_by"] == "INC1"
+    assert set(second.detail["removed_labels"]) == {"app", "tier", "pod-template-hash"}
+    run("kubernetes.release", _target(web))
+    assert fake.pod("shop", web["name"])["metadata"]["labels"] == original  # type: ignore[index]
