@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from responder.intake.backends import UNAVAILABLE
 from responder.intake.recording import Recorded, Recorder
 from responder.models.alerts import Alert
 
@@ -63,10 +65,25 @@ class GroupCommitter:
             alerts = [a for p in batch for a in p.alerts]
             try:
                 result: Recorded = await asyncio.to_thread(self.recorder.record, alerts)
-            except Exception as exc:
+            except UNAVAILABLE as exc:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
+                continue
+            except Exception:
+                if len(batch) == 1:
+                    raise_into(batch[0], sys.exc_info()[1])
+                    continue
+                # Something in one request broke the shared transaction: commit each request
+                # on its own, so that only the culprit fails.
+                for p in batch:
+                    try:
+                        alone = await asyncio.to_thread(self.recorder.record, p.alerts)
+                    except Exception as exc:
+                        raise_into(p, exc)
+                    else:
+                        if not p.future.done():
+                            p.future.set_result(alone)
                 continue
             unclaimed = set(result.opened)
             offset = 0
@@ -77,3 +94,8 @@ class GroupCommitter:
                 unclaimed.difference_update(mine)
                 if not p.future.done():
                     p.future.set_result(Recorded(ids, opened=mine))
+
+
+def raise_into(pending: _Pending, exc: BaseException | None) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(exc or RuntimeError("recording failed"))

@@ -23,7 +23,7 @@ import structlog
 
 from responder.intake.backends import UNAVAILABLE
 from responder.intake.parsing import BatchRejected, validate_items
-from responder.intake.recording import Recorder
+from responder.intake.recording import Recorded, Recorder
 from responder.models.alerts import Alert
 
 log = structlog.get_logger("drift.consume")
@@ -135,7 +135,14 @@ class ListConsumer:
         batch_id = _text(claimed[0])
         items: list[bytes] = claimed[1]
         good, dead = self._sort(items)
-        result = self.recorder.record(good, batch_id=f"redis:{self.key}:{batch_id}")
+        try:
+            result = self.recorder.record(good, batch_id=f"redis:{self.key}:{batch_id}")
+        except UNAVAILABLE:
+            raise
+        except Exception:
+            # Not an outage: something in the batch cannot be recorded. Record the alerts one by
+            # one and dead-letter those that fail, rather than re-claiming the batch for ever.
+            result = self._one_by_one(good, batch_id, dead)
         self._ack(keys=[self.processing, self.batch_key, self.dead_key], args=dead)
         self.stats.batches += 1
         self.stats.dead_lettered += len(dead)
@@ -147,6 +154,23 @@ class ListConsumer:
         if dead:
             log.warning("consume.dead_lettered", count=len(dead), dead_letter_key=self.dead_key)
         return True
+
+    def _one_by_one(self, good: list[Alert], batch_id: str, dead: list[bytes]) -> Recorded:
+        incident_ids: list[str] = []
+        for index, alert in enumerate(good):
+            try:
+                done = self.recorder.record([alert],
+                                            batch_id=f"redis:{self.key}:{batch_id}:{index}")
+            except UNAVAILABLE:
+                raise
+            except Exception as exc:
+                log.error("consume.unrecordable", alert=alert.alert_id, error=repr(exc))
+                dead.append(orjson.dumps({"reason": f"cannot be recorded: {exc!r}"[:1000],
+                                          "item": alert.raw, "consumer": self.name,
+                                          "time_ns": time.time_ns()}))
+            else:
+                incident_ids.extend(done.incident_ids)
+        return Recorded(incident_ids)
 
     def adopt_orphans(self) -> int:
         """Take over the in-flight batch of consumers whose heartbeat has expired."""

@@ -141,25 +141,42 @@ def normalise(payload: FalcoPayload, raw: dict[str, Any]) -> Alert:
     if time_ns is None:
         raise InvalidAlert([Problem("time", "missing, and output_fields has no evt.time")])
     short_id, full_id = _container_ids(fields)
-    return Alert(
-        alert_id=payload.uuid or stable_alert_id(raw),
-        rule=payload.rule,
+    problems: list[Problem] = []
+
+    def bounded(where: str, value: str | None, limit: int) -> str | None:
+        # These values become indexed columns: a clear refusal beats a database error.
+        if value is None:
+            return None
+        if "\x00" in value:
+            problems.append(Problem(where, "contains a NUL character"))
+        elif len(value) > limit:
+            problems.append(Problem(where, f"longer than {limit} characters"))
+        return value
+
+    alert = Alert(
+        alert_id=bounded("uuid", payload.uuid, 128) or stable_alert_id(raw),
+        rule=bounded("rule", payload.rule, 1024) or payload.rule,
         priority=payload.priority,
         time_ns=time_ns,
         output=payload.output,
         source=_text(payload.source),
-        node=_text(payload.hostname) or _text(fields.get("evt.hostname")),
+        node=bounded("hostname", _text(payload.hostname) or _text(fields.get("evt.hostname")),
+                     253),
         tags=tuple(payload.tags),
         fields=fields,
-        container_id=short_id,
+        container_id=bounded("output_fields['container.id']", short_id, 128),
         container_full_id=full_id,
-        container_name=_text(fields.get("container.name")),
-        namespace=_text(fields.get("k8s.ns.name")),
-        pod=_text(fields.get("k8s.pod.name")),
-        pod_uid=_text(fields.get("k8s.pod.uid")),
-        image=_image(fields),
+        container_name=bounded("output_fields['container.name']",
+                               _text(fields.get("container.name")), 256),
+        namespace=bounded("output_fields['k8s.ns.name']", _text(fields.get("k8s.ns.name")), 253),
+        pod=bounded("output_fields['k8s.pod.name']", _text(fields.get("k8s.pod.name")), 253),
+        pod_uid=bounded("output_fields['k8s.pod.uid']", _text(fields.get("k8s.pod.uid")), 64),
+        image=bounded("output_fields['container.image']", _image(fields), 1024),
         raw=raw,
     )
+    if problems:
+        raise InvalidAlert(problems)
+    return alert
 
 
 def stable_alert_id(raw: dict[str, Any]) -> str:
@@ -221,7 +238,7 @@ def _image(fields: dict[str, FieldValue]) -> str | None:
 def _evt_time(fields: dict[str, FieldValue]) -> int | None:
     for name in ("evt.time", "evt.rawtime"):
         value = fields.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
             return value
     return None
 

@@ -12,6 +12,8 @@ _RFC3339 = re.compile(
     r"(?:([Zz])|([+-])([0-9]{2}):?([0-9]{2}))$"
 )
 _NS = 1_000_000_000
+#: Nanoseconds since the epoch are stored as 64-bit integers: that reaches 2262-04-11.
+MAX_NS = 2**63 - 1
 
 
 def parse_rfc3339_ns(text: str) -> int:
@@ -33,7 +35,10 @@ def parse_rfc3339_ns(text: str) -> int:
     except ValueError as exc:
         raise ValueError(f"not a valid time: {text[:64]!r} ({exc})") from None
     fraction_ns = int((frac or "0").ljust(9, "0"))
-    return int(base.timestamp()) * _NS + fraction_ns
+    value = int(base.timestamp()) * _NS + fraction_ns
+    if not -MAX_NS <= value <= MAX_NS:
+        raise ValueError(f"time out of range (1677 to 2262): {text[:64]!r}")
+    return value
 
 
 def format_ns(ns: int) -> str:

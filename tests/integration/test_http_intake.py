@@ -201,3 +201,27 @@ def test_accepted_alerts_are_in_the_audit_trail(client: TestClient, backends: Ba
     assert record.actor == "intake"
     assert record.data["rule"] == "Fileless execution via memfd_create"
     assert record.data["first_alert_id"] == "b0e3d1a2-6f5c-4e7d-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.mark.parametrize(("field", "value", "where"), [
+    ("k8s.ns.name", "n" * 300, "output_fields['k8s.ns.name']"),
+    ("k8s.pod.name", "web\u0000x", "output_fields['k8s.pod.name']"),
+    ("k8s.pod.uid", "u" * 65, "output_fields['k8s.pod.uid']"),
+    ("container.image.repository", "r" * 2000, "output_fields['container.image']"),
+])
+def test_values_too_long_for_the_store_or_with_nul_are_422_not_500(
+    client: TestClient, backends: Backends, field: str, value: str, where: str,
+) -> None:
+    alert = drift_alert(1)
+    alert["output_fields"][field] = value
+    response = client.post("/v1/falco", json=[drift_alert(2), alert], headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert [(p["index"], p["field"]) for p in response.json()["problems"]] == [(1, where)]
+    assert _incidents(backends) == []
+
+
+def test_a_time_beyond_what_nanoseconds_can_hold_is_422(client: TestClient) -> None:
+    response = client.post("/v1/falco", json=drift_alert(1) | {"time": "2300-01-01T00:00:00Z"},
+                           headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["problems"][0]["field"] == "time"
