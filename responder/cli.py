@@ -481,6 +481,8 @@ def beat(ctx: click.Context, interval: float, once: bool) -> None:
                 err.print(f"sweep: {counts}", markup=False)
         except backends_mod.UNAVAILABLE as exc:
             err.print(f"sweep skipped, backend unavailable: {type(exc).__name__}", markup=False)
+        except Exception as exc:  # the only beat must outlive any one failure
+            err.print(f"sweep failed: {exc!r}", markup=False)
         if once:
             return
         time_mod.sleep(interval)

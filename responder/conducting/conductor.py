@@ -55,6 +55,14 @@ class Decision:
     stale: bool = False
 
 
+def scope(state: RunState, context: Mapping[str, Any]) -> dict[str, Any]:
+    """What expressions see: the run's context plus ``steps.<id>`` (status, result, error,
+    attempt). The conductor and the worker render with this one function."""
+    steps = {sid: {"status": s.status, "result": s.result, "error": s.error,
+                   "attempt": s.attempt} for sid, s in state.steps.items()}
+    return {**context, "steps": steps}
+
+
 def digest(value: Any) -> str:
     try:
         canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
@@ -79,9 +87,7 @@ class _Conducting:
         self.out.append(ev.Audit(kind, data))
 
     def scope(self) -> dict[str, Any]:
-        steps = {sid: {"status": s.status, "result": s.result, "error": s.error,
-                       "attempt": s.attempt} for sid, s in self.state.steps.items()}
-        return {**self.context, "steps": steps}
+        return scope(self.state, self.context)
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.state.status = status

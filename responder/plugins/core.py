@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from responder.plugins.registry import StepContext, plugin
 
@@ -15,8 +15,9 @@ class _Params(BaseModel):
 
 class ApprovalParams(_Params):
     prompt: str = Field(default="", max_length=4000, description="What is being decided.")
-    options: list[str] = Field(default=["isolate", "evict", "dismiss"], min_length=1,
-                               max_length=10)
+    options: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{1,40}$")]] = Field(
+        default=["isolate", "evict", "dismiss"], min_length=1, max_length=10,
+        description="Lowercase names (letters, digits, _ . -): they become button ids.")
     approvers: list[str] = Field(
         min_length=1, description="Who may decide: cli:<name>, slack:<user id>, "
         "slack-group:<handle>; '*' after the colon allows anyone of that kind.")

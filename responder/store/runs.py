@@ -134,8 +134,7 @@ def claim_lease(conn: Connection, *, run_id: str, step_id: str, attempt: int, ow
         update(step_leases)
         .where(step_leases.c.run_id == run_id, step_leases.c.step_id == step_id,
                step_leases.c.attempt == attempt,
-               or_(step_leases.c.owner.is_(None), step_leases.c.owner == owner,
-                   step_leases.c.deadline_ns <= now_ns))
+               or_(step_leases.c.owner.is_(None), step_leases.c.deadline_ns <= now_ns))
         .values(owner=owner, deadline_ns=deadline_ns)
     ).rowcount == 1
 

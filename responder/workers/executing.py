@@ -15,6 +15,7 @@ import hashlib
 import os
 import socket
 import traceback
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy import Connection, Engine
 
 from responder.conducting import events as ev
 from responder.conducting.conductor import conduct
+from responder.conducting.conductor import scope as conductor_scope
 from responder.conducting.dispatching import Dispatcher
 from responder.conducting.state import RETRY_WAIT, RUNNING, WAITING, RunState
 from responder.models.times import format_ns, now_ns
@@ -58,7 +60,9 @@ class DecisionOutcome:
 
 
 def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:unique — one per execution, so that two threads (or two deliveries) of one
+    process never both hold an attempt's lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 class Executor:
@@ -150,8 +154,12 @@ class Executor:
         if applied is None:
             return
         for directive in applied.steps:
-            self.dispatcher.run_step(run_id, directive.step_id, directive.attempt,
-                                     directive.timeout_s)
+            try:
+                self.dispatcher.run_step(run_id, directive.step_id, directive.attempt,
+                                         directive.timeout_s)
+            except Exception as exc:  # committed already: the beat re-sends unclaimed steps
+                log.warning("step.dispatch_failed", run=run_id, step=directive.step_id,
+                            error=repr(exc))
         if applied.notify is not None:
             try:
                 self.dispatcher.notify(applied.notify)
@@ -192,9 +200,7 @@ class Executor:
                                     owner=self.owner, now_ns=now,
                                     deadline_ns=now + int(timeout * NS) + self.grace_ns):
                 return "held elsewhere"
-        scope = {**record.context, "steps": {
-            sid: {"status": s.status, "result": s.result, "error": s.error}
-            for sid, s in RunState.from_json(record.state).steps.items()}}
+        scope = conductor_scope(RunState.from_json(record.state), record.context)
         ctx = RecordingContext(run_id, step_id, attempt, record.context.get("incident", {}),
                                record.context.get("alert", {}))
         event: ev.Event
@@ -326,33 +332,57 @@ class Executor:
         for run_id in pending:
             with self.engine.begin() as conn:
                 touched = runs.touch_pending(conn, run_id, now_ns=now)
-            if touched:
-                self.dispatcher.start(run_id)
+            if touched and self._guarded("start", run_id, self._send_start, run_id):
                 counts["started"] += 1
         for lease in leases:
-            counts[self._sweep_lease(lease, now)] += 1
+            outcome = self._guarded("lease", lease.run_id, self._sweep_lease, lease, now)
+            if outcome:
+                counts[outcome] += 1
         for approval in approvals:
-            with self.engine.begin() as conn:
-                fresh = runs.get_approval(conn, approval.id)
-                if fresh is None or not runs.cas_decide(
-                        conn, fresh, option="", decided_by=["system:expiry"], reason="expired",
-                        now_ns=now, status="expired"):
-                    continue
-                dispatches = self.apply_in(conn, approval.run_id,
-                                           ev.ApprovalExpired(approval.step_id, now),
-                                           actor="system:expiry")
-            counts["expired"] += 1
-            self.dispatch(approval.run_id, dispatches)
+            if self._guarded("expiry", approval.run_id, self._expire, approval, now):
+                counts["expired"] += 1
         for run_id in due:
-            with self.engine.connect() as conn:
-                record = runs.load_run(conn, run_id)
-            if record is None:
-                continue
-            for step_id, st in RunState.from_json(record.state).steps.items():
-                if st.status == RETRY_WAIT and st.due_ns is not None and st.due_ns <= now and \
-                        self.apply(run_id, ev.RetryDue(step_id, st.attempt + 1, now)):
-                    counts["retried"] += 1
+            counts["retried"] += self._guarded("retry", run_id, self._retry_due, run_id,
+                                               now) or 0
         return counts
+
+    def _guarded(self, what: str, run_id: str, fn: Any, *args: Any) -> Any:
+        """One item's failure (a broker outage, a broken stored run) must not stop the sweep:
+        the others still have deadlines, and the next sweep tries this one again."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            log.error("sweep.item_failed", what=what, run=run_id, error=repr(exc))
+            return None
+
+    def _send_start(self, run_id: str) -> bool:
+        self.dispatcher.start(run_id)
+        return True
+
+    def _expire(self, approval: runs.ApprovalRecord, now: int) -> bool:
+        with self.engine.begin() as conn:
+            fresh = runs.get_approval(conn, approval.id)
+            if fresh is None or not runs.cas_decide(
+                    conn, fresh, option="", decided_by=["system:expiry"], reason="expired",
+                    now_ns=now, status="expired"):
+                return False
+            dispatches = self.apply_in(conn, approval.run_id,
+                                       ev.ApprovalExpired(approval.step_id, now),
+                                       actor="system:expiry")
+        self.dispatch(approval.run_id, dispatches)
+        return True
+
+    def _retry_due(self, run_id: str, now: int) -> int:
+        with self.engine.connect() as conn:
+            record = runs.load_run(conn, run_id)
+        if record is None:
+            return 0
+        retried = 0
+        for step_id, st in RunState.from_json(record.state).steps.items():
+            if st.status == RETRY_WAIT and st.due_ns is not None and st.due_ns <= now and \
+                    self.apply(run_id, ev.RetryDue(step_id, st.attempt + 1, now)):
+                retried += 1
+        return retried
 
     def _sweep_lease(self, lease: runs.Lease, now: int) -> str:
         with self.engine.begin() as conn:

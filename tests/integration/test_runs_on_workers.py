@@ -134,7 +134,7 @@ def test_a_worker_killed_mid_step_is_replaced_and_every_effect_lands_once(
                                    .where(step_leases.c.step_id == victim_step)).first()
         finally:
             engine.dispose()
-        return int(row.owner.rsplit(":", 1)[1]) if row is not None and row.owner else None
+        return int(row.owner.split(":")[1]) if row is not None and row.owner else None
 
     pid = wait_for(holder, 40, 0.02, what=f"a worker running {victim_step}")
     [victim] = [w for w in workers if w.pid == pid]
