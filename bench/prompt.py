@@ -67,6 +67,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.runs import (  # noqa: E402
+    FOREIGN_LIMIT_PCT,
     MS,
     PG_ADMIN_URL,
     CpuMeter,
@@ -415,6 +416,8 @@ class Phase:
     cpu_text: str
     meter: CpuMeter
     storm_rate: float | None = None
+    attempt: int = 1
+    notify_updates: int | None = None  # incidents row updates (claim + release/final)
 
 
 def approval_times(stack: PromptStack, incidents: list[str]) -> dict[str, int]:
@@ -509,6 +512,14 @@ def report_phase(report: Report, phase: Phase, label: str, *, targets: bool) -> 
     ]
     if phase.storm_rate is not None:
         parts.insert(1, f"storm accepted {phase.storm_rate:,.0f} alerts/s meanwhile")
+    if phase.notify_updates is not None:
+        parts.insert(-1, f"about {phase.notify_updates / 2:,.0f} drift.notify executions got as "
+                     f"far as claiming the incident's first post for these {n} prompts "
+                     f"({phase.notify_updates:,} `incidents` row updates: a claim, then a release "
+                     "when the bucket refuses or the posted ts)")
+    if phase.attempt > 1:
+        parts.insert(1, f"figures from attempt {phase.attempt} (during attempt 1 other work "
+                     "used the machine)")
     report.note("; ".join(parts))
     report.note(f"{phase.name}: distribution of 202 -> chat.postMessage (ms: count): "
                 f"{histogram([v / MS for v in lat])}")
@@ -543,8 +554,39 @@ def storm_counts(stack: PromptStack, ids: list[str]) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def settle(cfg: Config) -> None:
-    wait_for_quiet(20 if cfg.quick else 120)
+def settle(cfg: Config, *, storm_running: bool = False) -> None:
+    """No other benchmark or test run, then (without our storm) a nearly idle machine."""
+    wait_for_other_work(300 if cfg.quick else 600, poll_s=10)
+    if not storm_running:
+        wait_for_quiet(20 if cfg.quick else 120)
+
+
+def incident_updates(stack: PromptStack) -> int:
+    row = stack.db.execute("SELECT n_tup_upd FROM pg_stat_user_tables "
+                           "WHERE relname = 'incidents'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def measure(stack: PromptStack, poster: Poster, prompts: Prompts, cfg: Config, *, name: str,
+            spacing_s: float, bases: Iterator[int], roles: dict[int, str], rate_per_s: float,
+            storm_running: bool) -> Phase:
+    """A phase, measured again (once) when other work used the machine meanwhile."""
+    for attempt in (1, 2):
+        settle(cfg, storm_running=storm_running)
+        before = incident_updates(stack)
+        phase = run_phase(stack, poster, prompts, name=name, n=cfg.samples, spacing_s=spacing_s,
+                          base=next(bases), roles=roles, rate_per_s=rate_per_s)
+        phase.attempt = attempt
+        if not storm_running:
+            time.sleep(11)  # PostgreSQL flushes an idle backend's table counters within 10 s
+            phase.notify_updates = incident_updates(stack) - before
+        time.sleep(1.0 / rate_per_s + 0.5)  # the channel bucket has a token again
+        foreign = phase.cpu.get("other", 0.0)
+        if foreign <= FOREIGN_LIMIT_PCT or attempt == 2:
+            return phase
+        say(f"  (work foreign to the benchmark used {foreign:.0f}% of a core during the phase; "
+            "measuring it again)")
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------- the phases
@@ -562,17 +604,14 @@ def bench_stack(stack: PromptStack, slack: FakeSlack, cfg: Config, report: Repor
         roles = stack.roles()
         phases: list[tuple[Phase, str]] = []
         spacings = [cfg.spacing_s] if diagnostic else [cfg.slow_spacing_s, cfg.spacing_s]
-        base = 0x200000
+        bases = itertools.count(0x200000, 0x10000)
+        suffix = " (bucket lifted)" if diagnostic else ""
         for spacing in spacings:
-            settle(cfg)
-            phase = run_phase(stack, poster, prompts, name=f"idle, 1 alert / "
-                              f"{spacing * 1000:.0f} ms" + (" (bucket lifted)" if diagnostic
-                                                             else ""),
-                              n=cfg.samples, spacing_s=spacing, base=base, roles=roles,
-                              rate_per_s=rate_per_s)
+            phase = measure(stack, poster, prompts, cfg,
+                            name=f"idle, 1 alert / {spacing * 1000:.0f} ms{suffix}",
+                            spacing_s=spacing, bases=bases, roles=roles, rate_per_s=rate_per_s,
+                            storm_running=False)
             phases.append((phase, "idle"))
-            base += 0x10000
-            time.sleep(1.0 / rate_per_s + 0.5)
         settle(cfg)
         # The storm: a fixed set of containers with open (and prompted) incidents.
         prompts.scan()
@@ -585,17 +624,14 @@ def bench_stack(stack: PromptStack, slack: FakeSlack, cfg: Config, report: Repor
         storm_phases: list[Phase] = []
         try:
             for spacing in spacings:
-                phase = run_phase(stack, poster, prompts, name=f"storm, 1 alert / "
-                                  f"{spacing * 1000:.0f} ms" + (" (bucket lifted)" if diagnostic
-                                                                 else ""),
-                                  n=cfg.samples, spacing_s=spacing, base=base, roles=storm_roles,
-                                  rate_per_s=rate_per_s)
+                phase = measure(stack, poster, prompts, cfg,
+                                name=f"storm, 1 alert / {spacing * 1000:.0f} ms{suffix}",
+                                spacing_s=spacing, bases=bases, roles=storm_roles,
+                                rate_per_s=rate_per_s, storm_running=True)
                 storm_phases.append(phase)
-                base += 0x10000
                 if not storm.alive():
                     raise RuntimeError("the storm generator exited during the phase:\n"
                                        f"{storm.out.read_text()[-2000:]}")
-                time.sleep(1.0 / rate_per_s + 0.5)
         finally:
             result = storm.stop()
         for phase in storm_phases:
@@ -606,7 +642,7 @@ def bench_stack(stack: PromptStack, slack: FakeSlack, cfg: Config, report: Repor
         storm_set = set(storm_ids)
         storm_prompts = sum(1 for r in new_posts
                             if {m.decode() for m in ULID.findall(r.body)} & storm_set)
-        measured = len(storm_phases) * cfg.samples
+        measured = len(new_posts) - storm_prompts
         after_storm = storm_counts(stack, storm_ids)
 
         # -- rows, as briefed first -------------------------------------------------------
@@ -651,8 +687,8 @@ def bench_stack(stack: PromptStack, slack: FakeSlack, cfg: Config, report: Repor
             f"{result.get('batch_max_s', 0) * 1000:.0f} ms; the storm's {cfg.storm_containers} "
             f"incidents went from {before_storm[1]:,} to {after_storm[1]:,} alerts "
             f"({'exactly the accepted count, no new incident' if ok_counts else 'MISMATCH'}); "
-            f"chat.postMessage during the storm: {len(new_posts)} ({measured} measured prompts, "
-            f"{storm_prompts} for the storm's incidents), chat.update: "
+            f"chat.postMessage during the storm: {len(new_posts)} ({measured} for the measured "
+            f"alerts' incidents, {storm_prompts} for the storm's incidents), chat.update: "
             f"{len(prompts.updates) - updates_before}"
             + (f"; failures {result.get('failures')}" if result.get("failures") else ""))
         errors = task_errors("".join(w.log() for w in stack.workers))

@@ -46,7 +46,8 @@ def _truncate_postgres(url: str) -> None:
     engine = make_engine(url)
     names = ", ".join(t.name for t in metadata.sorted_tables)
     with engine.begin() as conn:
-        # TRUNCATE fires no row triggers, so the append-only audit table can be reset here.
+        # Replica mode switches the append-only triggers off for this reset (superuser only).
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
         conn.execute(text(f"TRUNCATE {names}"))
     engine.dispose()
 

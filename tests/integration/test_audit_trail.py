@@ -123,3 +123,14 @@ def test_concurrent_writers_never_fork_the_chain(engine: Engine) -> None:
     assert errors == []
     verdict = _verify(engine)
     assert verdict == audit.Verdict(True, 6 * 15 * 2)
+
+
+def test_the_database_refuses_to_truncate_the_trail_or_drop_its_head(engine: Engine) -> None:
+    _append(engine, 2)
+    statements = ["DELETE FROM audit_head"]
+    if engine.dialect.name == "postgresql":
+        statements += ["TRUNCATE audit_log", "TRUNCATE audit_head"]
+    for sql in statements:
+        with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    assert _verify(engine) == audit.Verdict(True, 2)

@@ -155,7 +155,7 @@ def test_audit_verify_exits_1_naming_the_first_bad_seq(env: dict[str, str]) -> N
 
 
 def test_db_upgrade_reports_the_head_revision(env: dict[str, str]) -> None:
-    assert "schema at 0003" in run(env, "db", "upgrade").stdout
+    assert "schema at 0004" in run(env, "db", "upgrade").stdout
 
 
 def test_bad_settings_are_a_usage_error(env: dict[str, str]) -> None:

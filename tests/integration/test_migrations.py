@@ -24,6 +24,6 @@ def test_upgrading_twice_is_harmless_and_lands_on_head(store_url: str) -> None:
     engine = make_engine(store_url)
     try:
         migrating.upgrade(engine)
-        assert migrating.current_revision(engine) == migrating.head_revision() == "0003"
+        assert migrating.current_revision(engine) == migrating.head_revision() == "0004"
     finally:
         engine.dispose()
