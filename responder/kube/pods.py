@@ -59,14 +59,22 @@ def find_pod_by_container(cluster: Cluster, container_id: str,
     if node:
         kwargs["field_selector"] = f"spec.nodeName={node}"
     listing = cluster.call("list pods", cluster.core.list_pod_for_all_namespaces, **kwargs)
-    wanted = container_id.lower()
     for pod in listing.get("items", []):
-        for status in (pod.get("status", {}).get("containerStatuses") or []) + \
-                (pod.get("status", {}).get("initContainerStatuses") or []):
-            cid = str(status.get("containerID") or "").split("://")[-1].lower()
-            if cid and (cid == wanted or cid.startswith(wanted)):
-                return dict(pod)
+        if runs_container(pod, container_id):
+            return dict(pod)
     return None
+
+
+def runs_container(pod: dict[str, Any], container_id: str) -> bool:
+    """Whether the pod's container statuses include this id (12-char prefix or full)."""
+    wanted = container_id.lower()
+    status = pod.get("status", {})
+    for entry in (status.get("containerStatuses") or []) + \
+            (status.get("initContainerStatuses") or []):
+        cid = str(entry.get("containerID") or "").split("://")[-1].lower()
+        if cid and cid.startswith(wanted):
+            return True
+    return False
 
 
 def summary(pod: dict[str, Any]) -> dict[str, Any]:
@@ -204,8 +212,10 @@ def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, no
         if dry_run:
             return Outcome("dry_run", {"already_isolated_by": labels[QUARANTINE_LABEL],
                                        "removed_labels": removed}, before)
-        ensure_policy(cluster, namespace)
+        policy_state = ensure_policy(cluster, namespace)
         detail = _isolation_detail(cluster, pod, removed)
+        if policy_state == "replaced":  # reported: someone had loosened it
+            detail["network_policy_state"] = policy_state
         if labels[QUARANTINE_LABEL] != incident_id:
             detail["already_isolated_by"] = labels[QUARANTINE_LABEL]
         return Outcome("isolated", detail, before, summary(pod))
@@ -221,7 +231,7 @@ def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, no
         return Outcome("dry_run", {"pod_patch": patch, "patch_content_type": MERGE,
                                    "network_policy": policy, "removed_labels": removed},
                        before)
-    ensure_policy(cluster, namespace)  # first: the pod is never labelled but unprotected
+    policy_state = ensure_policy(cluster, namespace)  # first: never labelled but unprotected
     try:
         after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
                              name, namespace, patch, _content_type=MERGE)
@@ -229,18 +239,34 @@ def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, no
         # The pod changed between read and patch: decide again on its current state.
         return isolate(cluster, namespace, name, incident_id=incident_id, now=now,
                        expected_uid=expected_uid, strip=strip, dry_run=dry_run)
-    return Outcome("isolated", _isolation_detail(cluster, after, removed), before,
-                   summary(after))
+    detail = _isolation_detail(cluster, after, removed)
+    if policy_state == "replaced":  # reported: someone had loosened it
+        detail["network_policy_state"] = policy_state
+    return Outcome("isolated", detail, before, summary(after))
 
 
 def ensure_policy(cluster: Cluster, namespace: str) -> str:
-    """Create the namespace's quarantine policy unless it exists ("created" or "existing")."""
+    """Create the namespace's quarantine policy, or check the existing one still denies all:
+    "created", "existing", or "replaced" when someone had given it rules."""
+    wanted = quarantine_policy(namespace)
     try:
         cluster.call(f"create networkpolicy {namespace}/{POLICY_NAME}",
-                     cluster.networking.create_namespaced_network_policy, namespace,
-                     quarantine_policy(namespace))
+                     cluster.networking.create_namespaced_network_policy, namespace, wanted)
         return "created"
     except Conflict:
+        current = cluster.call(f"get networkpolicy {namespace}/{POLICY_NAME}",
+                               cluster.networking.read_namespaced_network_policy, POLICY_NAME,
+                               namespace)
+        spec = current.get("spec", {})
+        if spec.get("ingress") or spec.get("egress") or \
+                sorted(spec.get("policyTypes") or []) != ["Egress", "Ingress"] or \
+                spec.get("podSelector") != wanted["spec"]["podSelector"]:
+            replacement = {**wanted, "metadata": {**wanted["metadata"], "resourceVersion":
+                                                  current["metadata"]["resourceVersion"]}}
+            cluster.call(f"replace networkpolicy {namespace}/{POLICY_NAME}",
+                         cluster.networking.replace_namespaced_network_policy, POLICY_NAME,
+                         namespace, replacement)
+            return "replaced"
         return "existing"
 
 

@@ -21,7 +21,8 @@ READ_OWNERS = (RbacRule(("apps",), ("replicasets", "deployments", "statefulsets"
                         ("get",)), RbacRule(("batch",), ("jobs",), ("get",)))
 LIST_SERVICES = RbacRule(("",), ("services",), ("list",))
 LIST_POLICIES = RbacRule(("networking.k8s.io",), ("networkpolicies",), ("list",))
-CREATE_POLICY = RbacRule(("networking.k8s.io",), ("networkpolicies",), ("create",))
+CREATE_POLICY = RbacRule(("networking.k8s.io",), ("networkpolicies",),
+                         ("create", "get", "update"))
 LIST_BUDGETS = RbacRule(("policy",), ("poddisruptionbudgets",), ("list",))
 EVICT = RbacRule(("",), ("pods/eviction",), ("create",))
 DELETE_POD = RbacRule(("",), ("pods",), ("delete",))
@@ -81,6 +82,7 @@ class ContextResult(BaseModel):
     found: bool
     uid: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
+    reason: str | None = None
 
 
 @plugin("kubernetes.pod_context",
@@ -100,10 +102,17 @@ def pod_context(ctx: StepContext, params: ContextParams) -> ContextResult:
             pod = pods.get_pod(cluster, params.namespace, params.pod)
         except NotFound:
             pod = None
+    if pod is not None and params.container_id and not pods.runs_container(
+            pod, params.container_id):
+        # Same name, other containers: the pod was recreated since the alert (a StatefulSet's
+        # web-0). Acting on it would quarantine a clean pod.
+        return ContextResult(found=False, uid=pod["metadata"]["uid"],
+                             reason=f"pod {params.namespace}/{params.pod} no longer runs "
+                                    f"container {params.container_id}: it was replaced")
     if pod is None and params.container_id:
         pod = pods.find_pod_by_container(cluster, params.container_id, params.node)
     if pod is None:
-        return ContextResult(found=False)
+        return ContextResult(found=False, reason="no such pod")
     return ContextResult(found=True, uid=pod["metadata"]["uid"],
                          context=pods.context(cluster, pod))
 

@@ -334,3 +334,30 @@ def test_isolating_for_a_second_incident_keeps_the_first_record_so_release_resto
     assert set(second.detail["removed_labels"]) == {"app", "tier", "pod-template-hash"}
     run("kubernetes.release", _target(web))
     assert fake.pod("shop", web["name"])["metadata"]["labels"] == original  # type: ignore[index]
+
+
+def test_a_quarantine_policy_someone_loosened_is_put_back_to_deny_all(
+    fake: FakeKubernetes, web: dict[str, Any],
+) -> None:
+    fake.add_networkpolicy("shop", POLICY_NAME, pod_selector={QUARANTINE_LABEL: "x"},
+                           ingress=[{}])
+    result, _ = run("kubernetes.isolate", _target(web))
+    assert result.detail["network_policy_state"] == "replaced"
+    policy = fake.get("NetworkPolicy", "shop", POLICY_NAME)
+    assert policy is not None
+    assert not policy["spec"].get("ingress")
+    assert policy["spec"]["podSelector"]["matchExpressions"] == [
+        {"key": QUARANTINE_LABEL, "operator": "Exists"}]
+
+
+def test_pod_context_refuses_a_pod_recreated_under_the_alerts_name(
+    fake: FakeKubernetes, settings: Settings,
+) -> None:
+    fake.add_pod("shop", "web-0", container_ids=["cd" * 32])
+    result, _ = run("kubernetes.pod_context", {"namespace": "shop", "pod": "web-0",
+                                               "container_id": "ab" * 6})
+    assert result.found is False
+    assert "replaced" in (result.reason or "")
+    same, _ = run("kubernetes.pod_context", {"namespace": "shop", "pod": "web-0",
+                                             "container_id": "cd" * 6})
+    assert same.found is True
