@@ -498,8 +498,11 @@ def approve(ctx: click.Context, incident_id: str, option: str, name: str,
             reason: str | None) -> None:
     """Decide the incident's pending approval (checked against the step's approvers)."""
     _, executor, _ = _executor(ctx)
+    import getpass
+
+    # --as names the decision; the OS user is who made it (two votes need two people).
     outcome = executor.decide(incident_id=incident_id, option=option, actor=f"cli:{name}",
-                              reason=reason)
+                              reason=reason, principal=f"os:{getpass.getuser()}")
     (console if outcome.ok else err).print(outcome.message, markup=False, highlight=False)
     if not outcome.ok:
         sys.exit(1)

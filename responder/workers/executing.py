@@ -224,19 +224,22 @@ class Executor:
     # -- decisions ------------------------------------------------------------------------
     def decide(self, *, incident_id: str | None = None, approval_id: str | None = None,
                option: str, actor: str, reason: str | None = None,
-               groups: Collection[str] = ()) -> DecisionOutcome:
+               groups: Collection[str] = (), principal: str | None = None) -> DecisionOutcome:
         """A person's decision on a pending approval: authorised, two-person where asked,
         first valid decision wins. Refusals are audited too. ``groups`` are the chat user
-        groups (handles) the transport found the actor to belong to."""
+        groups (handles) the transport found the actor to belong to. ``principal`` is who is
+        really acting when the transport knows better than ``actor`` (the CLI's OS user behind
+        any ``--as`` name): the two-person rule counts principals, not names."""
         now = now_ns()
         try:
             return self._decide(now, incident_id, approval_id, option=option, actor=actor,
-                                reason=reason, groups=groups)
+                                reason=reason, groups=groups, principal=principal or actor)
         except _RolledBack as exc:
             return DecisionOutcome(False, str(exc))
 
     def _decide(self, now: int, incident_id: str | None, approval_id: str | None, *, option: str,
-                actor: str, reason: str | None, groups: Collection[str]) -> DecisionOutcome:
+                actor: str, reason: str | None, groups: Collection[str],
+                principal: str) -> DecisionOutcome:
         dispatches: Applied | None = None
         with self.engine.begin() as conn:
             approval = self._find_approval(conn, incident_id, approval_id)
@@ -266,13 +269,15 @@ class Executor:
             first_vote = False
             if option in params.get("two_person", []):
                 earlier = [v["by"] for v in approval.votes if v["option"] == option]
-                if actor in earlier:
+                same_person = any(v.get("principal", v["by"]) == principal
+                                  for v in approval.votes if v["option"] == option)
+                if actor in earlier or same_person:
                     return DecisionOutcome(False, f"{actor} already voted for {option}; "
                                            "a second, different approver is needed",
                                            approval.id)
                 if not earlier:
-                    votes = [*approval.votes, {"by": actor, "option": option,
-                                               "at": format_ns(now)}]
+                    votes = [*approval.votes, {"by": actor, "principal": principal,
+                                               "option": option, "at": format_ns(now)}]
                     if not runs.cas_vote(conn, approval, votes):
                         return DecisionOutcome(False, "the approval changed; try again",
                                                approval.id)

@@ -97,3 +97,38 @@ def test_an_unclaimed_step_is_resent_with_backoff_and_never_timed_out(setup: Any
     resends = [s for s in sent.sent if s[0] == "run_step"]
     assert 2 <= len(resends) <= 4  # 0.2 s, then 0.4 s, 0.8 s...: backing off
     assert executor.run_step(run_id, "a", 1) == "recorded"  # still runnable when it arrives
+
+
+TWO_PERSON = Playbook.model_validate({
+    "name": "two-person", "match": {"rules": ["Drop and execute new binary in container"]},
+    "steps": [{"id": "ask", "uses": "core.approval",
+               "with": {"options": ["evict", "dismiss"], "approvers": ["cli:*"],
+                        "two_person": ["evict"]}}],
+})
+
+
+def test_one_person_cannot_satisfy_the_two_person_rule_under_two_names(
+    backend_kind: str, request: pytest.FixtureRequest,
+) -> None:
+    sent = Recording()
+    backends = open_backends(make_settings(backend_kind, request),
+                             planner=RunPlanner([TWO_PERSON]), dispatcher=sent)
+    try:
+        executor = Executor(backends.engine, load_all(), sent, grace_s=0.2)
+        recorded = backends.recorder.record([parse_alert(drift_alert(9))])
+        [run_id] = recorded.runs
+        executor.start(run_id)
+        [incident] = recorded.incidents
+        first = executor.decide(incident_id=incident, option="evict", actor="cli:a",
+                                principal="os:mallory")
+        assert first.ok
+        assert not first.decided
+        again = executor.decide(incident_id=incident, option="evict", actor="cli:b",
+                                principal="os:mallory")
+        assert not again.ok
+        assert "second, different approver" in again.message
+        other = executor.decide(incident_id=incident, option="evict", actor="cli:c",
+                                principal="os:bob")
+        assert other.decided
+    finally:
+        backends.close()
