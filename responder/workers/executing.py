@@ -217,9 +217,20 @@ class Executor:
                         trace=traceback.format_exc(limit=5))
             event = ev.StepFailed(step_id, attempt, f"{type(exc).__name__}: {exc}"[:2000],
                                   now_ns())
-        applied = self.apply(run_id, event, effects=ctx.records if isinstance(
-            event, ev.StepSucceeded) else [])
-        return "recorded" if applied else "stale"
+        # What the plug-in recorded happened, whatever became of the attempt: a failed attempt
+        # may have changed the cluster before it failed.
+        effects = [(kind, {**data, "step": step_id, "attempt": attempt,
+                           **({} if isinstance(event, ev.StepSucceeded)
+                              else {"attempt_failed": True})})
+                   for kind, data in ctx.records]
+        if self.apply(run_id, event, effects=effects):
+            return "recorded"
+        if effects:  # a late result (the attempt timed out meanwhile): keep its record anyway
+            with self.engine.begin() as conn:
+                audit.append(conn, [audit.AuditEntry(
+                    kind=kind, actor="worker", incident_id=record.incident_id,
+                    data={"run": run_id, **data, "stale": True}) for kind, data in effects])
+        return "stale"
 
     # -- decisions ------------------------------------------------------------------------
     def decide(self, *, incident_id: str | None = None, approval_id: str | None = None,

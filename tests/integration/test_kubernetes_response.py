@@ -84,6 +84,10 @@ def _alert_for(pod: dict[str, Any], container: int) -> dict[str, Any]:
     alert["output_fields"]["k8s.ns.name"] = pod["metadata"]["namespace"]
     alert["output_fields"]["k8s.pod.name"] = pod["metadata"]["name"]
     alert["hostname"] = pod["spec"]["nodeName"]
+    # The container Falco saw is one of the pod's (as the kubelet reports it).
+    full = pod["status"]["containerStatuses"][0]["containerID"].split("://")[-1]
+    alert["output_fields"]["container.full_id"] = full
+    alert["output_fields"]["container.id"] = full[:12]
     return alert
 
 

@@ -126,6 +126,9 @@ class Bot:
         alert["output_fields"]["k8s.ns.name"] = pod["metadata"]["namespace"]
         alert["output_fields"]["k8s.pod.name"] = pod["metadata"]["name"]
         alert["hostname"] = pod["spec"]["nodeName"]
+        full = pod["status"]["containerStatuses"][0]["containerID"].split("://")[-1]
+        alert["output_fields"]["container.full_id"] = full
+        alert["output_fields"]["container.id"] = full[:12]
         incident = self.stack.post(alert)
         self.stack.wait_run(incident, "waiting")
         return incident
