@@ -28,8 +28,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Each benchmark prints its figures and writes its section of bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/runs.py
+	$(BIN)/python bench/prompt.py
 
 soak: $(STAMP)
 	@echo "no soak suites yet (they arrive with the fault-injection issue)"; exit 1
