@@ -182,28 +182,37 @@ def fmt_ms(ns: float) -> str:
 
 # ---------------------------------------------------------------------------- waiting for quiet
 
-def _ancestors() -> set[int]:
-    pids, pid = set(), os.getpid()
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _ancestors(pid: int) -> set[int]:
+    pids = set()
     while pid > 1:
         pids.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                pid = int(fh.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
+        pid = _parent(pid)
     return pids
 
 
 def busy_processes() -> list[str]:
-    """Other benchmarks and test runs (``pgrep -f "bench/|pytest"``), not us or our parents."""
+    """Other benchmarks and test runs (``pgrep -f "bench/|pytest"``): not this process, its
+    parents (a shell that started it) or its children (the storm generator)."""
     found = subprocess.run(["pgrep", "-af", BUSY_PATTERN], capture_output=True, text=True,
                            check=False).stdout.splitlines()
-    mine = _ancestors()
+    me = os.getpid()
+    mine = _ancestors(me)
     busy = []
     for line in found:
         pid, _, cmd = line.partition(" ")
-        if pid.isdigit() and int(pid) not in mine and "pgrep" not in cmd:
-            busy.append(f"{pid} {cmd[:100]}")
+        if not pid.isdigit() or int(pid) in mine or me in _ancestors(int(pid)):
+            continue
+        if cmd.startswith("pgrep "):
+            continue
+        busy.append(f"{pid} {cmd[:100]}")
     return busy
 
 

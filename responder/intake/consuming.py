@@ -149,7 +149,7 @@ class ListConsumer:
         if result.duplicate_batch:
             self.stats.duplicate_batches += 1
         else:
-            self.stats.recorded += len(good)
+            self.stats.recorded += len(result.incident_ids)
             self.stats.incidents.update(result.incident_ids)
         if dead:
             log.warning("consume.dead_lettered", count=len(dead), dead_letter_key=self.dead_key)
