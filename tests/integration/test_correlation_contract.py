@@ -49,12 +49,12 @@ def test_different_containers_open_different_incidents(backends: Backends) -> No
 def test_an_alert_after_the_window_opens_a_new_incident(
     backend_kind: str, request: pytest.FixtureRequest,
 ) -> None:
-    settings = make_settings(backend_kind, request, correlation_window_seconds=0.2)
+    settings = make_settings(backend_kind, request, correlation_window_seconds=1.0)
     backends = open_backends(settings)
     try:
         first = backends.recorder.record(_alerts(7, 1))
         again = backends.recorder.record(_alerts(7, 1))
-        time.sleep(0.5)
+        time.sleep(1.5)
         later = backends.recorder.record(_alerts(7, 1))
     finally:
         backends.close()
