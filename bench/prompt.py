@@ -1,6 +1,6 @@
 """Prompt latency: alert accepted (202) -> the Slack prompt's chat.postMessage reaches Slack.
 
-    .venv/bin/python bench/prompt.py            # full size (~12 minutes), writes bench/RESULTS.md
+    .venv/bin/python bench/prompt.py            # full size (~15 minutes), writes bench/RESULTS.md
     .venv/bin/python bench/prompt.py --quick    # smoke test (~3 minutes), prints only
 
 A real stack on the production backends, started as bench/runs.py starts it (its Stack is reused):
@@ -564,8 +564,9 @@ def storm_counts(stack: PromptStack, ids: list[str]) -> tuple[int, int]:
 
 
 def settle(cfg: Config, *, storm_running: bool = False) -> None:
-    """No other benchmark or test run, then (without our storm) a nearly idle machine."""
-    wait_for_other_work(300 if cfg.quick else 600, poll_s=10)
+    """Without our storm running: wait (bounded) until the machine is nearly idle. Other
+    benchmarks and test runs are waited for only before starting (and before the storm): waiting
+    for them mid-phase would leave our stack (and storm) loading the machine they measure on."""
     if not storm_running:
         wait_for_quiet(20 if cfg.quick else 120)
 
@@ -582,6 +583,8 @@ def measure(stack: PromptStack, poster: Poster, prompts: Prompts, cfg: Config, *
     """A phase, measured again (once) when other work used the machine meanwhile."""
     for attempt in (1, 2):
         settle(cfg, storm_running=storm_running)
+        if not storm_running:
+            time.sleep(11)  # earlier updates reach pg_stat_user_tables first (see below)
         before = incident_updates(stack)
         phase = run_phase(stack, poster, prompts, name=name, n=cfg.samples, spacing_s=spacing_s,
                           base=next(bases), roles=roles, rate_per_s=rate_per_s)
@@ -621,6 +624,8 @@ def bench_stack(stack: PromptStack, slack: FakeSlack, cfg: Config, report: Repor
                             spacing_s=spacing, bases=bases, roles=roles, rate_per_s=rate_per_s,
                             storm_running=False)
             phases.append((phase, "idle"))
+        # Do not start a 2,000 alerts/s storm on top of someone else's benchmark or tests.
+        wait_for_other_work(300, poll_s=10)
         settle(cfg)
         # The storm: a fixed set of containers with open (and prompted) incidents.
         prompts.scan()
@@ -743,8 +748,10 @@ def section(cfg: Config, report: Report, started: dt.datetime, quiet_note: str) 
         "",
         "### Method",
         "",
-        f"- Before starting: {quiet_note}; before each phase the machine is idle "
-        "(bench/runs.py's wait_for_quiet).",
+        f"- Before starting: {quiet_note}; before each phase without the storm the machine is "
+        "nearly idle (bench/runs.py's wait_for_quiet); the storm starts only once no other "
+        "benchmark or test run is running (`pgrep -f \"bench/|pytest\"`, waiting up to 5 "
+        "minutes).",
         f"- Warm-up: {cfg.warmup} alerts, each waited for until its prompt was posted. Then the "
         f"storm's {cfg.storm_containers} containers get one alert each (one NDJSON request): "
         "their incidents open, their runs ask for approval and their prompts are posted (at the "
@@ -767,8 +774,15 @@ def section(cfg: Config, report: Report, started: dt.datetime, quiet_note: str) 
         "DRIFT_SLACK_RATE_PER_SECOND=1000, the 100 ms phases only; not a supported setting "
         "(Slack allows about one message per second per channel), it shows what the bucket "
         "costs.",
+        "- drift.notify executions (idle phases): `pg_stat_user_tables.n_tup_upd` of `incidents` "
+        "in the throw-away database, read 11 s after the previous activity (PostgreSQL flushes "
+        "an idle backend's counters within 10 s) and 11 s after the phase; every execution that "
+        "gets past the \"someone is posting\" check updates the row twice (it claims the first "
+        "post, then either releases the claim because the channel bucket refused, or stores the "
+        "posted message's ts); nothing else updates `incidents` in those phases.",
         "- CPU figures are per process from /proc between a phase's first alert and its last "
-        "prompt.",
+        "prompt; a phase during which work foreign to the benchmark used more than 25% of a "
+        "core is measured once more.",
         END_MARK,
     ]
     return "\n".join(lines) + "\n"
@@ -809,6 +823,12 @@ def main() -> int:
                         metavar="DRIFT_X=VALUE", help="extra setting for every service "
                         "(diagnosis; never writes bench/RESULTS.md by default)")
     args = parser.parse_args()
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwinds: the storm, the stack, the database, Redis
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
     extra_env = dict(item.split("=", 1) for item in args.settings)
     cfg = Config.make(args.quick)
     if args.samples is not None:
