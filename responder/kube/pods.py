@@ -193,16 +193,25 @@ def _get_or_gone(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] 
         return Outcome("already_gone", {"pod": name, "namespace": namespace})
 
 
-def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, now: str,
-            expected_uid: str | None, strip: list[str] | None = None,
-            dry_run: bool = False) -> Outcome:
+def _pinned_pod(cluster: Cluster, namespace: str, name: str,
+                expected_uid: str | None) -> tuple[dict[str, Any], dict[str, Any]] | Outcome:
+    """The pod and its before-state, or the Outcome that ends the action: the pod is gone, or
+    it is no longer the pod that was approved."""
     pod = _get_or_gone(cluster, namespace, name)
     if isinstance(pod, Outcome):
         return pod
     before = summary(pod)
     changed = _target_changed(before, expected_uid)
-    if changed is not None:
-        return changed
+    return changed if changed is not None else (pod, before)
+
+
+def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, now: str,
+            expected_uid: str | None, strip: list[str] | None = None,
+            dry_run: bool = False) -> Outcome:
+    found = _pinned_pod(cluster, namespace, name, expected_uid)
+    if isinstance(found, Outcome):
+        return found
+    pod, before = found
     labels = pod["metadata"].get("labels") or {}
     annotations = pod["metadata"].get("annotations") or {}
     if QUARANTINE_LABEL in labels:
@@ -295,13 +304,10 @@ def _isolation_detail(cluster: Cluster, pod: dict[str, Any],
 
 def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
             dry_run: bool = False) -> Outcome:
-    pod = _get_or_gone(cluster, namespace, name)
-    if isinstance(pod, Outcome):
-        return pod
-    before = summary(pod)
-    changed = _target_changed(before, expected_uid)
-    if changed is not None:
-        return changed
+    found = _pinned_pod(cluster, namespace, name, expected_uid)
+    if isinstance(found, Outcome):
+        return found
+    pod, before = found
     labels = pod["metadata"].get("labels") or {}
     annotations = pod["metadata"].get("annotations") or {}
     if QUARANTINE_LABEL not in labels:
@@ -325,13 +331,10 @@ def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | 
 
 def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
           grace_period_s: int | None = None, dry_run: bool = False) -> Outcome:
-    pod = _get_or_gone(cluster, namespace, name)
-    if isinstance(pod, Outcome):
-        return pod
-    before = summary(pod)
-    changed = _target_changed(before, expected_uid)
-    if changed is not None:
-        return changed
+    found = _pinned_pod(cluster, namespace, name, expected_uid)
+    if isinstance(found, Outcome):
+        return found
+    pod, before = found
     delete_options: dict[str, Any] = {"preconditions": {"uid": pod["metadata"]["uid"]}}
     if grace_period_s is not None:
         delete_options["gracePeriodSeconds"] = grace_period_s
@@ -349,9 +352,9 @@ def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | No
         return Outcome("target_changed", {"expected_uid": expected_uid, "error": str(exc)},
                        before)
     except Blocked as exc:
-        found = _BUDGET.search(json.dumps(exc.body))
+        budget = _BUDGET.search(json.dumps(exc.body))
         return Outcome("blocked_by_pdb", {"pod": name, "namespace": namespace,
-                                          "budget": found.group("name") if found else None,
+                                          "budget": budget.group("name") if budget else None,
                                           "message": str(exc)}, before)
     return Outcome("evicted", {"pod": name, "namespace": namespace,
                                "grace_period_s": grace_period_s}, before)
@@ -359,13 +362,10 @@ def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | No
 
 def delete(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
            grace_period_s: int = 0, dry_run: bool = False) -> Outcome:
-    pod = _get_or_gone(cluster, namespace, name)
-    if isinstance(pod, Outcome):
-        return pod
-    before = summary(pod)
-    changed = _target_changed(before, expected_uid)
-    if changed is not None:
-        return changed
+    found = _pinned_pod(cluster, namespace, name, expected_uid)
+    if isinstance(found, Outcome):
+        return found
+    pod, before = found
     options = {"gracePeriodSeconds": grace_period_s,
                "preconditions": {"uid": pod["metadata"]["uid"]}}
     if dry_run:
@@ -386,13 +386,10 @@ def set_metadata(cluster: Cluster, namespace: str, name: str, *, field_name: str
                  values: dict[str, str | None], expected_uid: str | None,
                  dry_run: bool = False) -> Outcome:
     """Merge labels or annotations (None removes a key)."""
-    pod = _get_or_gone(cluster, namespace, name)
-    if isinstance(pod, Outcome):
-        return pod
-    before = summary(pod)
-    changed = _target_changed(before, expected_uid)
-    if changed is not None:
-        return changed
+    found = _pinned_pod(cluster, namespace, name, expected_uid)
+    if isinstance(found, Outcome):
+        return found
+    pod, before = found
     current = pod["metadata"].get(field_name) or {}
     if all(current.get(k) == v for k, v in values.items()):
         return Outcome("unchanged", {field_name: copy.deepcopy(values)}, before, before)
