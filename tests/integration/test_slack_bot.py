@@ -259,9 +259,14 @@ def test_a_click_by_a_group_member_isolates_the_pod_and_updates_the_message(
     incident = bot.incident(suspect, 1)
 
     message = bot.prompt(incident)
-    posted = [r for r in bot.slack.calls("chat.postMessage") if r.ok and
-              r.response["ts"] == message["ts"]]
-    assert len(posted) == 1
+
+    def posted() -> list[Any]:
+        # The fake stores the message before it finishes logging the call: wait for the log.
+        return [r for r in bot.slack.calls("chat.postMessage")
+                if r.response is not None and r.ok and r.response.get("ts") == message["ts"]]
+
+    wait_for(posted, 5, 0.05, what="the chat.postMessage call record")
+    assert len(posted()) == 1
     assert {b["action_id"] for b in buttons(message)} == {
         "drift:isolate", "drift:evict", "drift:dismiss"}
     approval = button(message, "isolate")["value"]
