@@ -179,3 +179,34 @@ approvals = Table(
     Index("uq_approvals_run_step", "run_id", "step_id", unique=True),
     Index("ix_approvals_status_expires", "status", "expires_ns"),
 )
+
+#: Node agents' heartbeats: the dispatcher sends evidence steps to ``evidence.<node>`` only when
+#: that node's agent was seen recently, and falls back (or fails clearly) otherwise.
+agents = Table(
+    "agents",
+    metadata,
+    Column("node", String(253), primary_key=True),
+    Column("hostname", String(253), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("started_ns", BigInteger, nullable=False),
+    Column("last_seen_ns", BigInteger, nullable=False),
+)
+
+#: Evidence artifacts by incident. The bytes live content-addressed in the artifact store; the
+#: audit trail holds the same sha256 (``evidence.collected``), which is what makes them evidence.
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("incident_id", String(26), ForeignKey("incidents.id"), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("media_type", String(128), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("collector", String(128), nullable=False),
+    Column("method", String(32), nullable=False),
+    Column("node", String(253)),
+    Column("run_id", String(26)),
+    Column("step_id", String(64)),
+    Column("created_ns", BigInteger, nullable=False),
+)
