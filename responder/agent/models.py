@@ -95,3 +95,44 @@ class FilesystemDiff(_Model):
     changes: list[DiffEntry] = Field(default_factory=list,
                                      description="Flagged entries first, then by path.")
     truncated: bool = False
+
+
+class ArtifactRef(_Model):
+    """An artifact in the content-addressed store (responder.store.artifacts)."""
+
+    sha256: str
+    size: int
+    name: str
+    media_type: str = "application/json"
+
+
+class ProcessTreeResult(_Model):
+    """The result of an ``evidence.process_tree`` step (what playbooks and the prompt read);
+    the whole tree is the artifact."""
+
+    method: Method
+    assurance: Assurance
+    node: str | None = None
+    container_id: str
+    processes_total: int
+    flagged: list[ProcessInfo] = Field(default_factory=list)
+    excerpt: str = Field(default="", description="Rendered lines around the flagged process "
+                         "(or the top of the tree), at most about 40 lines.")
+    artifact: ArtifactRef
+    truncated: bool = False
+
+
+class FilesystemDiffResult(_Model):
+    """The result of an ``evidence.filesystem_diff`` step; the whole diff is the artifact."""
+
+    method: Method
+    assurance: Assurance
+    node: str | None = None
+    container_id: str
+    upperdir: str | None = None
+    summary: DiffSummary
+    notable: list[DiffEntry] = Field(default_factory=list, description="Flagged paths first, "
+                                     "then added or changed executables; at most 20.")
+    artifact: ArtifactRef
+    quarantined: list[ArtifactRef] = Field(default_factory=list)
+    truncated: bool = False
