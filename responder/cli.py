@@ -431,7 +431,8 @@ def _executor(ctx: click.Context) -> Any:
     backends = _open(ctx)
     app = make_celery(settings)
     executor = Executor(backends.engine, load_all(settings.plugin_module_list),
-                        CeleryDispatcher(app), grace_s=settings.lease_grace_seconds)
+                        CeleryDispatcher(app), grace_s=settings.lease_grace_seconds,
+                        agent_stale_s=settings.agent_stale_seconds)
     return app, executor, backends
 
 
@@ -453,6 +454,119 @@ def worker(ctx: click.Context, concurrency: int, pool: str) -> None:
                      _settings(ctx).queue,
                      "--loglevel=WARNING", "--without-gossip", "--without-mingle",
                      "--without-heartbeat"])
+
+
+@main.group(invoke_without_command=True)
+@click.option("--node", default=None, help="This node's name (as Falco's hostname and the "
+              "pod's spec.nodeName give it): the agent consumes evidence.<node>.")
+@click.option("--proc-root", default="/proc", show_default=True, type=click.Path(),
+              help="The host's /proc (in the DaemonSet: the host's, mounted read-only).")
+@click.option("--host-root", default="/", show_default=True, type=click.Path(),
+              help="Where the host's filesystem is mounted (overlay paths are mapped under it).")
+@click.option("--concurrency", default=2, show_default=True, type=int)
+@click.pass_context
+def agent(ctx: click.Context, node: str | None, proc_root: str, host_root: str,
+          concurrency: int) -> None:
+    """Run the node agent (evidence from the host), or one of its subcommands."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not node:
+        err.print("agent: --node is required (e.g. --node \"$NODE_NAME\")", markup=False)
+        sys.exit(2)
+    from responder.plugins import runtime
+    from responder.workers.agent import Heartbeat
+    from responder.workers.app import ensure_queue, install_executor
+    from responder.workers.executing import agent_queue
+
+    settings = _settings(ctx)
+    if not Path(proc_root, "self").exists() and not Path(proc_root, "1").exists():
+        err.print(f"agent: {proc_root} does not look like a proc filesystem", markup=False)
+        sys.exit(2)
+    app, executor, backends = _executor(ctx)
+    runtime.install(settings, runtime.NodeAgent(node=node, proc_root=Path(proc_root),
+                                                host_root=Path(host_root)))
+    queue = agent_queue(node)
+    ensure_queue(app, name=queue)
+    install_executor(executor, _notify_function(settings, backends))
+    heartbeat = Heartbeat(backends.engine, node, settings.agent_heartbeat_seconds)
+    heartbeat.start()
+    err.print(f"agent for node {node}: queue {queue}, proc {proc_root}, host {host_root}; "
+              f"{backends.describe()}", markup=False)
+    try:
+        app.worker_main(["worker", f"--concurrency={concurrency}", "-P", "threads", "-Q",
+                         queue, "--loglevel=WARNING", "--without-gossip", "--without-mingle",
+                         "--without-heartbeat", "-n", f"agent-{node}@%h"])
+    finally:
+        heartbeat.stop()
+
+
+@agent.command("collect")
+@click.option("--container-id", required=True, help="12-char or full container id.")
+@click.option("--proc-root", default="/proc", show_default=True, type=click.Path())
+@click.option("--host-root", default="/", show_default=True, type=click.Path())
+@click.option("--flag-pid", type=int, default=None, help="Mark this host pid (proc.pid).")
+@click.option("--flag-path", "flag_paths", multiple=True, help="Mark this path (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def agent_collect(ctx: click.Context, container_id: str, proc_root: str, host_root: str,
+                  flag_pid: int | None, flag_paths: tuple[str, ...], as_json: bool) -> None:
+    """Collect the process tree and filesystem diff of a container on this host and print
+    them (nothing is stored)."""
+    from responder.agent import collecting, overlay, processes
+
+    settings = _settings(ctx)
+    container_id = container_id.split("://", 1)[-1]
+    try:
+        located = collecting.locate(container_id, proc_root=Path(proc_root),
+                                    host_root=Path(host_root))
+        tree = collecting.process_tree(
+            located, proc_root=Path(proc_root), flag_pid=flag_pid,
+            flag_exe=flag_paths[0] if flag_paths else None,
+            limits=processes.ProcessLimits(max_processes=settings.evidence_max_processes))
+        diff = collecting.filesystem_diff(located, flag_paths=flag_paths, limits=overlay.DiffLimits(
+            max_entries=settings.evidence_max_entries,
+            hash_file_max_bytes=settings.evidence_hash_file_max_bytes,
+            hash_total_max_bytes=settings.evidence_hash_total_max_bytes))
+    except collecting.ContainerNotFound as exc:
+        err.print(f"agent collect: {exc}", markup=False)
+        sys.exit(1)
+    if as_json:
+        sys.stdout.write(orjson.dumps({"process_tree": tree.model_dump(mode="json"),
+                                       "filesystem_diff": diff.model_dump(mode="json")},
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    console.print(f"[bold]Process tree[/] of {container_id[:12]} ({len(tree.processes)} "
+                  "processes)")
+    sys.stdout.write(tree.rendered + "\n")
+    s = diff.summary
+    console.print(f"[bold]Filesystem diff[/] (upper layer {diff.upperdir}): {s.added} added, "
+                  f"{s.changed} changed, {s.deleted} deleted, {s.executables_added} "
+                  "executables added", highlight=False)
+    for change in diff.changes:
+        mark = " <- flagged" if change.flagged else ""
+        extra = f" sha256:{change.sha256[:16]}" if change.sha256 else ""
+        sys.stdout.write(f"{change.kind} {change.path!r}{extra}{mark}\n")
+
+
+@agent.command("list")
+@click.pass_context
+def agent_list(ctx: click.Context) -> None:
+    """Node agents and when each was last heard from."""
+    from responder.models.times import now_ns
+    from responder.store import agents as agents_store
+
+    settings = _settings(ctx)
+    backends = _open(ctx)
+    with backends.engine.connect() as conn:
+        rows = agents_store.all_agents(conn)
+    now = now_ns()
+    table = Table("node", "host", "pid", "version", "last seen", "state")
+    for row in rows:
+        alive = row.last_seen_ns >= now - int(settings.agent_stale_seconds * 1e9)
+        table.add_row(row.node, row.hostname, str(row.pid), row.version,
+                      format_ns(row.last_seen_ns) if row.last_seen_ns > 1 else "-",
+                      "alive" if alive else "gone")
+    console.print(table)
 
 
 @main.command()

@@ -90,6 +90,28 @@ class Settings(BaseSettings):
         "slack-group:<handle> entries, comma-separated.")
     slack_rate_per_second: float = Field(default=1.0, gt=0,
                                          description="Messages per second per channel.")
+    agent_heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a node "
+                                           "agent says it is alive.")
+    agent_stale_seconds: float = Field(default=20.0, gt=0, description="An agent silent this "
+                                       "long is gone: its node's evidence steps fall back.")
+    evidence_max_processes: int = Field(default=2000, ge=1)
+    evidence_max_entries: int = Field(default=1000, ge=1, description="Diff entries listed "
+                                      "(summary counts stay exact).")
+    evidence_hash_file_max_bytes: int = Field(default=64 << 20, ge=0,
+                                              description="Files above this are not hashed.")
+    evidence_hash_total_max_bytes: int = Field(default=512 << 20, ge=0,
+                                               description="Hashing budget per diff.")
+    evidence_quarantine_max_bytes: int = Field(
+        default=32 << 20, ge=0, description="Dropped executables up to this size are kept "
+        "(mode 0400) when a step asks for quarantine.")
+    registry_insecure: str = Field(default="", description="Registries (host:port) reached over "
+                                   "plain HTTP, comma-separated (tests, air-gapped mirrors).")
+    registry_ca_bundle: str | None = Field(default=None, description="CA bundle for registries.")
+    registry_credentials: SecretStr | None = Field(
+        default=None, description="A dockerconfigjson document used when the pod has no "
+        "imagePullSecrets for its registry.")
+    registry_max_bytes: int = Field(default=2 << 30, ge=1, description="Layer bytes one image "
+                                    "comparison may download.")
     plugin_modules: str = Field(default="", description="Extra plug-in modules to import "
                                 "(comma-separated), besides the entry point group.")
 
@@ -108,6 +130,10 @@ class Settings(BaseSettings):
         if self.redis_url:
             return self.redis_url
         return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def insecure_registry_set(self) -> set[str]:
+        return {r.strip() for r in self.registry_insecure.split(",") if r.strip()}
 
     @property
     def protected_namespace_set(self) -> set[str]:

@@ -10,8 +10,9 @@ class Dispatcher(Protocol):
     def start(self, run_id: str) -> None:
         """Ask a worker to start a pending run."""
 
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
-        """Ask a worker to run one attempt of a step."""
+    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
+                 queue: str | None = None) -> None:
+        """Ask a worker to run one attempt of a step (on ``queue``: a node agent's)."""
 
     def notify(self, incident_id: str) -> None:
         """Ask a worker to bring the incident's message up to date."""

@@ -18,6 +18,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import stream as k8s_stream
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _FORBIDDEN = re.compile(r'cannot (?P<verb>\S+) resource "(?P<resource>[^"]+)"'
@@ -58,6 +59,13 @@ class ClusterSettings:
     backoff_s: float = 0.2
     max_backoff_s: float = 2.0
     verify_ssl: bool = True
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    stdout: bytes
+    stderr: bytes
+    returncode: int
 
 
 class Cluster:
@@ -118,6 +126,42 @@ class Cluster:
                     self._sleep(self._delay(attempt, None))
                     continue
                 raise KubeError(f"{what}: cannot reach the Kubernetes API: {exc}") from None
+
+    def exec(self, namespace: str, pod: str, container: str | None, argv: list[str], *,
+             timeout_s: float = 60.0, max_bytes: int = 64 << 20) -> ExecOutput:
+        """Run a fixed argv in a container (``pods/exec`` over the WebSocket) and collect its
+        output as bytes. Never a shell string: callers pass argv lists only. Not retried: a
+        command may have run even when the connection failed."""
+        what = f"exec in pod {namespace}/{pod}"
+        try:
+            session = k8s_stream(
+                self.core.connect_get_namespaced_pod_exec, pod, namespace, command=argv,
+                container=container or None, stderr=True, stdin=False, stdout=True, tty=False,
+                _preload_content=False, binary=True, _request_timeout=self.settings.timeout_s)
+        except ApiException as exc:
+            raise _translate(what, exc, _body(exc)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeError(f"{what}: cannot reach the Kubernetes API: {exc}") from None
+        stdout, stderr = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while session.is_open():
+                if time.monotonic() > deadline:
+                    raise KubeError(f"{what}: no end after {timeout_s:.0f} s")
+                session.update(timeout=1)
+                if session.peek_stdout():
+                    stdout += session.read_stdout()
+                if session.peek_stderr():
+                    stderr += session.read_stderr()
+                if len(stdout) + len(stderr) > max_bytes:
+                    raise KubeError(f"{what}: output larger than {max_bytes} bytes")
+            # Whatever arrived with the closing frames.
+            stdout += session.read_stdout() or b""
+            stderr += session.read_stderr() or b""
+            code = session.returncode
+        finally:
+            session.close()
+        return ExecOutput(bytes(stdout), bytes(stderr), int(code if code is not None else -1))
 
     def _delay(self, attempt: int, headers: Any) -> float:
         delay = min(self.settings.backoff_s * 2 ** (attempt - 1), self.settings.max_backoff_s)

@@ -76,6 +76,9 @@ class Plugin:
     #: Needs approval before it in a playbook even when other cluster-changing steps would not
     #: (e.g. a force delete): lint asks for an approval step that names it.
     needs_own_approval: bool = False
+    #: Runs on the node agent of the step's ``node`` parameter (queue ``evidence.<node>``)
+    #: when that agent is alive; otherwise on a worker, which falls back or fails clearly.
+    node_routed: bool = False
 
 
 class Registry:
@@ -112,7 +115,8 @@ def plugin(
     name: str, *, description: str, params: type[P], result: type[R],
     changes_cluster: bool = False, is_approval: bool = False, rbac: tuple[RbacRule, ...] = (),
     example: Mapping[str, Any] | None = None, default_timeout: float = 60.0,
-    needs_own_approval: bool = False, registry: Registry = REGISTRY,
+    needs_own_approval: bool = False, node_routed: bool = False,
+    registry: Registry = REGISTRY,
 ) -> Callable[[Callable[[StepContext, P], R]], Callable[[StepContext, P], R]]:
     """Register the decorated function as the plug-in ``name``."""
 
@@ -121,7 +125,8 @@ def plugin(
                             run=run, changes_cluster=changes_cluster, is_approval=is_approval,
                             rbac=rbac, example=dict(example or {}),
                             default_timeout=default_timeout,
-                            needs_own_approval=needs_own_approval))
+                            needs_own_approval=needs_own_approval,
+                            node_routed=node_routed))
         return run
 
     return decorate
@@ -135,6 +140,7 @@ def load_all(extra_modules: Iterable[str] = ()) -> Registry:
     if "builtins" not in _loaded:
         importlib.import_module("responder.plugins.core")
         importlib.import_module("responder.plugins.kubernetes")
+        importlib.import_module("responder.plugins.evidence")
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             entry.load()
         _loaded.add("builtins")

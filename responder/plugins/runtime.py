@@ -4,15 +4,26 @@ the process that runs them (worker, CLI, tests) rather than read from globals ev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from responder.kube.client import Cluster, ClusterSettings, KubeError
 from responder.settings import Settings
+
+
+@dataclass(frozen=True)
+class NodeAgent:
+    """Set in a node agent's process only: evidence steps read the host here."""
+
+    node: str
+    proc_root: Path = Path("/proc")
+    host_root: Path = Path("/")
 
 
 @dataclass
 class Runtime:
     settings: Settings
     _cluster: Cluster | None = field(default=None, repr=False)
+    agent: NodeAgent | None = None
 
     def cluster(self) -> Cluster:
         if self._cluster is None:
@@ -34,8 +45,8 @@ class Runtime:
 _current: dict[str, Runtime] = {}
 
 
-def install(settings: Settings) -> Runtime:
-    runtime = Runtime(settings)
+def install(settings: Settings, agent: NodeAgent | None = None) -> Runtime:
+    runtime = Runtime(settings, agent=agent)
     _current["runtime"] = runtime
     return runtime
 

@@ -15,11 +15,16 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
-from responder.plugins.notify.slack import RateLimited
+from responder.plugins.notify.slack import RateLimited, Transient
 from responder.settings import Settings
 from responder.workers.executing import Executor
 
 _state: dict[str, Any] = {}
+#: drift.notify tries again after a Slack 5xx or a network failure this many times (1, 2, 4...
+#: 60 s apart), so that a short outage does not lose a prompt.
+NOTIFY_TRANSIENT_RETRIES = 10
+#: How long an evidence step may wait in a node agent's queue.
+NODE_QUEUE_EXPIRES_S = 60.0
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -52,20 +57,28 @@ def make_celery(settings: Settings) -> Celery:
         _executor().run_step(run_id, step_id, attempt)
 
     @app.task(name="drift.notify", bind=True, max_retries=None)
-    def notify(self: Any, incident_id: str) -> None:
+    def notify(self: Any, incident_id: str, failures: int = 0) -> None:
         try:
             _state["notify"](incident_id)
         except RateLimited as exc:
-            # Re-queued, never slept on: Retry-After is short, and the worker stays free.
-            raise self.retry(countdown=exc.retry_after) from None
+            # Re-queued, never slept on: the countdown is the time until this incident's turn
+            # (or Slack's Retry-After), and the worker stays free meanwhile.
+            raise self.retry(countdown=max(exc.retry_after, 0.001),
+                             kwargs={"failures": failures}) from None
+        except Transient as exc:
+            # Slack 5xx or the network: again later, a bounded number of times.
+            if failures >= NOTIFY_TRANSIENT_RETRIES:
+                raise
+            raise self.retry(countdown=min(60.0, 2.0 ** failures),
+                             kwargs={"failures": failures + 1}, exc=exc) from None
 
     return app
 
 
-def ensure_queue(app: Celery, attempts: int = 5) -> None:
-    """Declare the run queue up front. kombu's SQL transport creates a queue's row on first use,
-    and two processes doing that at the same moment collide on its unique name."""
-    name = str(app.conf.task_default_queue)
+def ensure_queue(app: Celery, attempts: int = 5, name: str | None = None) -> None:
+    """Declare the run queue (or ``name``) up front. kombu's SQL transport creates a queue's row
+    on first use, and two processes doing that at the same moment collide on its unique name."""
+    name = name or str(app.conf.task_default_queue)
     for attempt in range(1, attempts + 1):
         try:
             with app.connection_for_write() as connection:
@@ -103,10 +116,15 @@ class CeleryDispatcher:
     def start(self, run_id: str) -> None:
         self.app.send_task("drift.start", args=[run_id], queue=self.queue)
 
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
+    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
+                 queue: str | None = None) -> None:
         # A hard limit past the step timeout: a hung plug-in cannot hold a worker for ever.
-        self.app.send_task("drift.run_step", args=[run_id, step_id, attempt], queue=self.queue,
-                           soft_time_limit=timeout_s, time_limit=timeout_s + 30)
+        # A node agent's queue expires its messages: an agent that died leaves nothing that
+        # runs late; the beat's lease sweep routes the attempt again (maybe to the fallback).
+        self.app.send_task("drift.run_step", args=[run_id, step_id, attempt],
+                           queue=queue or self.queue, soft_time_limit=timeout_s,
+                           time_limit=timeout_s + 30,
+                           expires=NODE_QUEUE_EXPIRES_S if queue else None)
 
     def notify(self, incident_id: str) -> None:
         self.app.send_task("drift.notify", args=[incident_id], queue=self.queue)

@@ -17,7 +17,7 @@ import socket
 import traceback
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -33,7 +33,7 @@ from responder.models.times import format_ns, now_ns
 from responder.playbooks import expressions
 from responder.playbooks.schema import Playbook
 from responder.plugins.registry import Plugin, RecordingContext, Registry
-from responder.store import audit, runs
+from responder.store import agents, artifacts, audit, runs
 
 log = structlog.get_logger("drift.worker")
 NS = 1_000_000_000
@@ -49,6 +49,8 @@ class Applied:
 
     steps: list[ev.RunStep]
     notify: str | None = None
+    #: step id -> the queue of the node agent that runs it (absent: the run queue).
+    queues: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,8 +69,10 @@ def worker_identity() -> str:
 
 class Executor:
     def __init__(self, engine: Engine, registry: Registry, dispatcher: Dispatcher, *,
-                 owner: str | None = None, grace_s: float = DISPATCH_GRACE_S) -> None:
+                 owner: str | None = None, grace_s: float = DISPATCH_GRACE_S,
+                 agent_stale_s: float = 20.0) -> None:
         self.grace_ns = int(grace_s * NS)
+        self.agent_stale_ns = int(agent_stale_s * NS)
         self.engine = engine
         self.registry = registry
         self.dispatcher = dispatcher
@@ -116,7 +120,17 @@ class Executor:
         now = event.now_ns
         entries = [audit.AuditEntry(kind=k, actor=actor, incident_id=record.incident_id,
                                     data={"run": run_id, **d}) for k, d in effects]
+        for kind, data in effects:
+            if kind == "evidence.collected":  # indexed with its audit record, atomically
+                artifacts.record(conn, artifacts.ArtifactRow(
+                    incident_id=record.incident_id, sha256=data["sha256"],
+                    name=str(data.get("name", ""))[:256],
+                    media_type=str(data.get("media_type", "application/octet-stream")),
+                    size=int(data["size"]), collector=str(data.get("collector", "")),
+                    method=str(data.get("method", "")), node=data.get("node"), run_id=run_id,
+                    step_id=data.get("step"), created_ns=now))
         out: list[ev.RunStep] = []  # dispatched after the commit
+        queues: dict[str, str] = {}
         for directive in decision.directives:
             if isinstance(directive, ev.Audit):
                 entries.append(audit.AuditEntry(
@@ -127,6 +141,9 @@ class Executor:
                                attempt=directive.attempt, timeout_s=directive.timeout_s,
                                deadline_ns=now + self.grace_ns)
                 out.append(directive)
+                queue = self._route(conn, record, new, directive.step_id, now)
+                if queue is not None:
+                    queues[directive.step_id] = queue
             elif isinstance(directive, ev.RequestApproval):
                 approval_id = runs.create_approval(
                     conn, run_id=run_id, step_id=directive.step_id,
@@ -148,15 +165,15 @@ class Executor:
                       next_due_ns=min(dues) if dues else None, now_ns=now)
         audit.append(conn, entries)
         notify = record.incident_id if any(e.kind in self.NOTIFY_ON for e in entries) else None
-        return Applied(out, notify)
+        return Applied(out, notify, queues)
 
     def dispatch(self, run_id: str, applied: Applied | None) -> None:
         if applied is None:
             return
         for directive in applied.steps:
             try:
-                self.dispatcher.run_step(run_id, directive.step_id, directive.attempt,
-                                         directive.timeout_s)
+                self._send_step(run_id, directive.step_id, directive.attempt,
+                                directive.timeout_s, applied.queues.get(directive.step_id))
             except Exception as exc:  # committed already: the beat re-sends unclaimed steps
                 log.warning("step.dispatch_failed", run=run_id, step=directive.step_id,
                             error=repr(exc))
@@ -165,6 +182,40 @@ class Executor:
                 self.dispatcher.notify(applied.notify)
             except Exception as exc:  # the next change notifies again; never fail the run
                 log.warning("notify.dispatch_failed", incident=applied.notify, error=repr(exc))
+
+    def _send_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
+                   queue: str | None) -> None:
+        if queue is None:
+            self.dispatcher.run_step(run_id, step_id, attempt, timeout_s)
+        else:
+            self.dispatcher.run_step(run_id, step_id, attempt, timeout_s, queue=queue)
+
+    def _route(self, conn: Connection, record: runs.RunRecord, state: RunState, step_id: str,
+               now: int) -> str | None:
+        """The node agent's queue for a node-routed step whose agent is alive, else None (the
+        run queue: there the plug-in falls back, or fails saying why)."""
+        plugin = self.registry.get(self._spec(record).step(step_id).uses)
+        if plugin is None or not plugin.node_routed:
+            return None
+        try:
+            params = expressions.render(self._spec(record).step(step_id).with_,
+                                        conductor_scope(state, record.context))
+        except Exception:  # the step itself reports the bad parameters
+            return None
+        node = params.get("node") if isinstance(params, dict) else None
+        if not isinstance(node, str) or not node or params.get("via") == "exec":
+            return None
+        if agents.live(conn, node, now_ns=now, stale_ns=self.agent_stale_ns):
+            return agent_queue(node)
+        return None
+
+    def _route_now(self, run_id: str, step_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            record = runs.load_run(conn, run_id)
+            if record is None:
+                return None
+            return self._route(conn, record, RunState.from_json(record.state), step_id,
+                               now_ns())
 
     def registry_kinds(self) -> dict[str, Plugin]:
         return {p.name: p for p in self.registry}
@@ -413,9 +464,9 @@ class Executor:
             backoff = self.grace_ns * 2 ** min(lease.dispatches, 5)
             with self.engine.begin() as conn:
                 renewed = runs.renew_dispatch(conn, lease, deadline_ns=now + backoff)
-            if renewed:
-                self.dispatcher.run_step(lease.run_id, lease.step_id, lease.attempt,
-                                         lease.timeout_s)
+            if renewed:  # routed afresh: the node's agent may have come or gone meanwhile
+                self._send_step(lease.run_id, lease.step_id, lease.attempt, lease.timeout_s,
+                                self._route_now(lease.run_id, lease.step_id))
             return "redispatched"
         if lease.dispatches < MAX_DISPATCHES:
             # Claimed, then silent past its timeout: the worker died (or hangs). Send again.
@@ -426,13 +477,17 @@ class Executor:
                 log.warning("lease.expired", run=lease.run_id, step=lease.step_id,
                             attempt=lease.attempt, owner=lease.owner,
                             dispatch=lease.dispatches + 1)
-                self.dispatcher.run_step(lease.run_id, lease.step_id, lease.attempt,
-                                         lease.timeout_s)
+                self._send_step(lease.run_id, lease.step_id, lease.attempt, lease.timeout_s,
+                                self._route_now(lease.run_id, lease.step_id))
                 return "redispatched"
             return "redispatched"
         self.apply(lease.run_id, ev.StepTimedOut(lease.step_id, lease.attempt, now),
                    actor="system:lease")
         return "timed_out"
+
+
+def agent_queue(node: str) -> str:
+    return f"evidence.{node}"
 
 
 class _RolledBack(Exception):

@@ -32,7 +32,8 @@ class Recording:
     def start(self, run_id: str) -> None:
         self.sent.append(("start", run_id))
 
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
+    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
+                 queue: str | None = None) -> None:
         self.sent.append(("run_step", run_id, step_id, attempt))
 
     def notify(self, incident_id: str) -> None:

@@ -36,7 +36,8 @@ class _Sent:
     def start(self, run_id: str) -> None:
         self.started.append(run_id)
 
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float) -> None:
+    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
+                 queue: str | None = None) -> None:
         raise AssertionError("not expected")
 
     def notify(self, incident_id: str) -> None:

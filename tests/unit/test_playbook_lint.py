@@ -686,6 +686,7 @@ def test_cli_lint_exits_1_and_prints_file_line_column_for_a_broken_playbook(
     assert len(lines) == 2
     assert lines[0].startswith(f"{broken}:5:11: unknown plug-in 'kubernetes.isolat' (known: "
                                "core.approval, core.log, core.note, core.set, "
+                               "evidence.filesystem_diff, evidence.process_tree, "
                                "kubernetes.annotate,")
     assert lines[1] == f"{broken}:8:9: reads steps.later, which is not an earlier step"
     assert "2 problem(s) in 1 playbook file(s)" in done.stderr

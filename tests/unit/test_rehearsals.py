@@ -341,7 +341,8 @@ def test_cli_test_exits_1_on_a_fixture_expecting_the_wrong_thing(tmp_path: Path)
     # is recorded and the `unresolved` note says it was not carried out.
     assert done.stdout.splitlines() == [
         f"FAIL {fixture}: expects no isolation",
-        "     steps started ['summary', 'context', 'ask', 'isolate_decided', 'unresolved'], "
+        "     steps started ['summary', 'process_tree', 'filesystem_diff', 'context', 'ask', "
+        "'isolate_decided', 'unresolved'], "
         "expected ['summary', 'ask', 'dismissed']",
     ]
     assert "0 passed, 1 failed" in done.stderr

@@ -132,7 +132,12 @@ def test_terminal_shell_playbook_observes_without_approval(shipped: list[Playboo
 
 def test_system_namespace_playbook_only_observes(shipped: list[Playbook]) -> None:
     system = next(p for p in shipped if p.name == "system-namespace-drift")
-    assert {s.uses for s in system.steps} <= {"core.note", "core.log", "core.set"}
+    assert {s.uses for s in system.steps} <= {"core.note", "core.log", "core.set",
+                                              "evidence.process_tree",
+                                              "evidence.filesystem_diff"}
+    # Evidence there comes from the node agent only: no exec into control-plane pods.
+    assert all(s.with_.get("via") == "node" for s in system.steps
+               if s.uses.startswith("evidence."))
     assert system.match.namespaces.include == ["kube-system", "kube-public", "kube-node-lease"]
 
 
