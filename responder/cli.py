@@ -456,6 +456,38 @@ def worker(ctx: click.Context, concurrency: int, pool: str) -> None:
                      "--without-heartbeat"])
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int, help="Intake port.")
+@click.option("--bot-port", default=3000, show_default=True, type=int)
+@click.option("--node", default=None, help="The node agent's node name (default: hostname).")
+@click.option("--agent/--no-agent", "with_agent", default=None,
+              help="Run the node agent (default: when root).")
+@click.pass_context
+def up(ctx: click.Context, host: str, port: int, bot_port: int, node: str | None,
+       with_agent: bool | None) -> None:
+    """Run ingest, worker, beat, the bot (when Slack is configured) and the node agent (when
+    root) together; the embedded default needs no Redis and no PostgreSQL."""
+    from responder import launching
+
+    settings = _settings(ctx)
+    backends = _open(ctx, migrate=True)  # once, before the children start
+    backends.close()
+    the_plan = launching.plan(settings, host=host, port=port, node=node,
+                              with_agent=with_agent, bot_port=bot_port)
+    console.print(launching.describe_backends(settings), markup=False, highlight=False)
+    for note in the_plan.notes:
+        console.print(f"  {note}", markup=False, highlight=False)
+    console.print(f"  Falco http_output url: {the_plan.ingest_url}/v1/falco/{the_plan.token}",
+                  markup=False, highlight=False)
+    console.print(f"  started: {', '.join(c.name for c in the_plan.children)}"
+                  + (f" (agent for node {the_plan.agent_node})" if the_plan.agent_node else ""),
+                  markup=False, highlight=False)
+    launcher = launching.Launcher(the_plan)
+    launcher.start()
+    sys.exit(launcher.supervise())
+
+
 @main.group(invoke_without_command=True)
 @click.option("--node", default=None, help="This node's name (as Falco's hostname and the "
               "pod's spec.nodeName give it): the agent consumes evidence.<node>.")
