@@ -72,18 +72,12 @@ def filesystem_diff(params: FilesystemDiffParams, *, max_entries: int) -> Filesy
 
 
 def _image_reference(ref: containers.ContainerRef) -> references.ImageReference:
-    """By the digest the pod runs (imageID), not its tag: a tag may have moved since."""
-    if ref.image_id:
-        try:
-            return references.parse_image_id(ref.image_id)
-        except references.ImageReferenceError:
-            pass
-    found = references.parse_reference(ref.image)
-    if not found.digest:
-        raise FallbackFailed(f"container {ref.name} reports no image digest (imageID "
-                             f"{ref.image_id!r}): comparing with tag {ref.image!r} could "
-                             "compare with another image")
-    return found
+    """By the digest the pod runs (imageID), never by tag: a tag may have moved since."""
+    try:
+        return references.pod_image_reference(ref.image, ref.image_id or None)
+    except references.ImageReferenceError as exc:
+        raise FallbackFailed(f"container {ref.name}: cannot tell which image it runs "
+                             f"({exc})") from None
 
 
 def _credentials(cluster: Cluster, ref: containers.ContainerRef,
