@@ -259,7 +259,7 @@ static int enter_main(char **argv) {
         }
         if (gid >= 0 && (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0)) fail(st[1], "setgid");
         if (uid >= 0 && setuid((uid_t)uid) < 0) fail(st[1], "setuid");
-        execv(cmd[0], cmd);
+        execvp(cmd[0], cmd);  /* a bare name is looked up in PATH, as a runtime's exec does */
         fail(st[1], cmd[0]);
     }
     close(st[1]);
@@ -557,6 +557,15 @@ def _dir(root: Path, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -
     os.chown(target, uid, gid)
 
 
+BUSYBOX_APPLETS = ("sh", "find", "stat", "od", "readlink", "cat", "ls")
+
+
+def _add_busybox(base: Path, busybox: Path) -> None:
+    _write(base, "/bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in BUSYBOX_APPLETS:
+        (base / "bin" / applet).symlink_to("busybox")
+
+
 def build_image(base: Path, app: Path, helper: Path) -> None:
     """Two layers of a small image. ``base`` is the bottom layer, ``app`` the one above it.
 
@@ -603,11 +612,14 @@ class ThrowawayContainer:
 
     def __init__(self, *, base_dir: Path | None = None, cgroup_root: Path | None = None,
                  pod_uid: str | None = None, relative_lowerdirs: bool = False,
-                 overlay_options: Sequence[str] = ()) -> None:
+                 overlay_options: Sequence[str] = (), busybox: Path | None = None) -> None:
         """``relative_lowerdirs`` mounts with ``lowerdir=2/fs:1/fs`` from the snapshots
         directory, as containerd does when the option would be too long. ``overlay_options``
         are added to the mount's (e.g. ``redirect_dir=on``, ``metacopy=on``)."""
         self.id = secrets.token_hex(32)
+        #: A static busybox for the image's base layer (sh, find, stat, od, readlink), as in an
+        #: Alpine image: what an exec into the container can use.
+        self.busybox = busybox
         self.relative_lowerdirs = relative_lowerdirs
         self.overlay_options = tuple(overlay_options)
         for option in self.overlay_options:
@@ -751,6 +763,8 @@ class ThrowawayContainer:
         for directory in (*self.lowerdirs, self.upperdir, self.workdir, self.merged):
             directory.mkdir(parents=True)
         build_image(self.lowerdirs[1], self.lowerdirs[0], self.helper)
+        if self.busybox is not None:
+            _add_busybox(self.lowerdirs[1], self.busybox)
         mounted = subprocess.run(  # noqa: S603 (fixed argv, our paths)
             [str(self.helper), "mount", str(self.snapshots), str(self.merged),
              ",".join([f"lowerdir={self.lowerdir}", f"upperdir={self.upperdir}",
