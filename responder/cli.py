@@ -391,12 +391,18 @@ def actions() -> None:
 
 @actions.command("list")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--markdown", is_flag=True, help="The plug-in reference (docs/PLUGINS.md).")
 @click.pass_context
-def actions_list(ctx: click.Context, as_json: bool) -> None:
+def actions_list(ctx: click.Context, as_json: bool, markdown: bool) -> None:
     """Every plug-in with what it does, whether it changes the cluster, RBAC and an example."""
     from responder.plugins.registry import load_all
 
     plugins = list(load_all(_settings(ctx).plugin_module_list))
+    if markdown:
+        from responder.plugins import reference
+
+        sys.stdout.write(reference.markdown(plugins))
+        return
     if as_json:
         sys.stdout.write(orjson.dumps([{
             "name": p.name, "description": p.description, "changes_cluster": p.changes_cluster,
