@@ -19,8 +19,9 @@ class CorrelationKeyKind(StrEnum):
 
 
 class Settings(BaseSettings):
+    # An empty variable means unset (compose and .env files write KEY= for "not given").
     model_config = SettingsConfigDict(env_prefix="DRIFT_", extra="ignore",
-                                      populate_by_name=True)
+                                      populate_by_name=True, env_ignore_empty=True)
 
     data_dir: Path = Field(default=Path(".drift"), description="Where embedded state lives.")
     database_url: str | None = Field(

@@ -33,7 +33,6 @@ from responder.store.artifacts import ArtifactStore
 
 #: The exec fallback reads the pod, execs into it and may read its imagePullSecrets.
 EXEC_RBAC = (RbacRule(("",), ("pods",), ("get",)), RbacRule(("",), ("pods/exec",), ("create",)))
-PULL_SECRETS = RbacRule(("",), ("secrets",), ("get",))
 NOTABLE_MAX = 20
 FLAGGED_MAX = 10
 
@@ -181,7 +180,9 @@ def _tree_result(ctx: StepContext, tree: ProcessTree,
                     "executables; stored as a hashed artifact. Falls back to exec + registry "
                     "(low assurance).",
         params=FilesystemDiffParams, result=FilesystemDiffResult, node_routed=True,
-        rbac=(*EXEC_RBAC, PULL_SECRETS),
+        # Reading pods' imagePullSecrets needs `get secrets`, deliberately not in the default
+        # role (cluster-wide secret reads): grant it, or set DRIFT_REGISTRY_CREDENTIALS.
+        rbac=EXEC_RBAC,
         example={"container_id": "{{ alert.container_full_id or alert.container_id }}",
                  "node": "{{ incident.node }}", "namespace": "{{ incident.namespace }}",
                  "pod": "{{ incident.pod }}",

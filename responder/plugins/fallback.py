@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import structlog
+
 from responder.agent.models import FilesystemDiff, ProcessTree
 from responder.agent.processes import ProcessLimits
 from responder.images import listing, references, registry
 from responder.kube import containers
-from responder.kube.client import Cluster, ExecOutput
+from responder.kube.client import Cluster, ExecOutput, KubeError
 from responder.plugins import runtime
+
+log = structlog.get_logger("drift.evidence")
 
 if TYPE_CHECKING:
     from responder.plugins.evidence import EvidenceParams, FilesystemDiffParams, ProcessTreeParams
@@ -83,7 +87,12 @@ def _image_reference(ref: containers.ContainerRef) -> references.ImageReference:
 def _credentials(cluster: Cluster, ref: containers.ContainerRef,
                  image: references.ImageReference) -> tuple[str, str] | None:
     for name in ref.pull_secrets:
-        data = containers.pull_secret(cluster, ref.namespace, name)
+        try:
+            data = containers.pull_secret(cluster, ref.namespace, name)
+        except KubeError as exc:  # 403 by default: secret reads are an opt-in grant
+            log.info("evidence.pull_secret_unreadable", secret=f"{ref.namespace}/{name}",
+                     error=str(exc)[:200])
+            continue
         if data is None:
             continue
         found = registry.credentials_from_dockerconfigjson(data, image.registry,
