@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from responder import logs
+from responder import cli_suppressions, logs
 from responder.intake import backends as backends_mod
 from responder.intake.parsing import BatchRejected, BodyError, parse_body
 from responder.models.times import format_ns
@@ -830,3 +830,6 @@ def bot(ctx: click.Context, host: str, port: int) -> None:
     mode = "socket mode" if socket_mode else f"http://{host}:{port}/slack/events"
     err.print(f"bot: {backends.describe()} slack={settings.slack_api_url} {mode}", markup=False)
     run(settings, executor, executor.dispatcher, backends.redis, host=host, port=port)
+
+
+main.add_command(cli_suppressions.suppressions)

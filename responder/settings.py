@@ -113,6 +113,9 @@ class Settings(BaseSettings):
         "imagePullSecrets for its registry.")
     registry_max_bytes: int = Field(default=2 << 30, ge=1, description="Layer bytes one image "
                                     "comparison may download.")
+    suppression_refresh_seconds: float = Field(
+        default=5.0, gt=0, description="How often the intake re-reads active suppressions and "
+        "writes their hit counts.")
     plugin_modules: str = Field(default="", description="Extra plug-in modules to import "
                                 "(comma-separated), besides the entry point group.")
 

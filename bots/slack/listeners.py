@@ -7,8 +7,9 @@ refusal. The executor also dispatches the message update after a decision, so a 
 click needs nothing more from here; refusals, "already decided" and a recorded first vote are
 told to the clicking user alone (an ephemeral message).
 
-``drift:dismiss`` opens a modal asking for a reason (required); its submission decides
-``dismiss`` with that reason.
+``drift:dismiss`` opens a modal asking for a reason (required) and, optionally, for how long to
+suppress similar alerts; its submission decides ``dismiss`` with that reason, and once the
+dismissal is decided makes the suppression (see :mod:`bots.slack.suppressing`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from sqlalchemy import select
 
+from bots.slack import suppressing
 from bots.slack.authorising import USER_PREFIX, GroupResolver, group_handles
 from responder.conducting.dispatching import Dispatcher
 from responder.plugins.notify.slack_blocks import escape, truncate
 from responder.store import runs
 from responder.store.schema import incidents
-from responder.workers.executing import Executor, authorised
+from responder.store.suppressions import InvalidSuppression
+from responder.workers.executing import DecisionOutcome, Executor, authorised
 
 log = structlog.get_logger("drift.slack")
 
@@ -53,6 +56,7 @@ def dismiss_modal(approval_id: str, incident_id: str) -> dict[str, Any]:
              "label": {"type": "plain_text", "text": "Reason"},
              "element": {"type": "plain_text_input", "action_id": REASON_ACTION,
                          "multiline": True, "min_length": 3, "max_length": MAX_REASON}},
+            suppressing.modal_block(),
         ],
     }
 
@@ -113,19 +117,55 @@ class Approvals:
             ack(response_action="errors",
                 errors={REASON_BLOCK: "Say why this drift is expected."})
             return
+        try:
+            choice = suppressing.submitted_choice(view)
+        except suppressing.BadChoice as exc:
+            ack(response_action="errors", errors={suppressing.SUPPRESS_BLOCK: str(exc)})
+            return
         ack()
         user = str((body.get("user") or {}).get("id") or "")
         approval_id = str(view.get("private_metadata") or "")
         if not user or not approval_id:
             return
         channel = self._incident_channel(approval_id)
+        reason = truncate(reason, MAX_REASON)
         try:
-            self._decide(approval_id, "dismiss", user, channel,
-                         reason=truncate(reason, MAX_REASON))
+            outcome = self._decide(approval_id, "dismiss", user, channel, reason=reason)
         except Exception as exc:
             log.exception("slack.dismiss_failed", approval=approval_id, user=user)
             self._ephemeral(channel, user, "Your dismissal could not be recorded "
                             f"({type(exc).__name__}); please try again.")
+            return
+        if choice is not None:
+            self._suppress(approval_id, user, channel, choice, reason, outcome)
+
+    def _suppress(self, approval_id: str, user: str, channel: str | None, choice: str,
+                  reason: str, outcome: DecisionOutcome | None) -> None:
+        """Only a dismissal this user decided makes a suppression: the executor has checked
+        that they may decide it."""
+        if outcome is None or not outcome.decided:
+            why = outcome.message if outcome is not None and outcome.ok else \
+                "the dismissal was not decided by you"
+            self._ephemeral(channel, user, f"No suppression was made: {why}.")
+            return
+        approval = self._approval(approval_id)
+        if approval is None:
+            return
+        try:
+            made = suppressing.suppress_dismissed(self.executor.engine, approval, user=user,
+                                                  choice=choice, reason=reason)
+        except InvalidSuppression as exc:
+            self._ephemeral(channel, user, f"The incident is dismissed, but no suppression "
+                            f"was made: {exc}.")
+            return
+        except Exception as exc:
+            log.exception("slack.suppress_failed", approval=approval_id, user=user)
+            self._ephemeral(channel, user, "The incident is dismissed, but the suppression "
+                            f"could not be made ({type(exc).__name__}); use /drift or the "
+                            "CLI to add one.")
+            return
+        log.info("slack.suppressed", suppression=made.id, approval=approval_id, user=user)
+        self._ephemeral_mrkdwn(channel, user, suppressing.made_text(made))
 
     # -- work -----------------------------------------------------------------------------
     def _approval(self, approval_id: str) -> runs.ApprovalRecord | None:
@@ -152,22 +192,23 @@ class Approvals:
         return True
 
     def _decide(self, approval_id: str, option: str, user: str, channel: str | None, *,
-                reason: str | None) -> None:
+                reason: str | None) -> DecisionOutcome | None:
         approval = self._approval(approval_id)
         if approval is None:
             self._ephemeral(channel, user, "No approval is waiting for a decision here.")
-            return
+            return None
         outcome = self.executor.decide(approval_id=approval_id, option=option,
                                        actor=f"{USER_PREFIX}{user}", reason=reason,
                                        groups=self._groups(user, approval))
         log.info("slack.decision", approval=approval_id, option=option, user=user,
                  ok=outcome.ok, decided=outcome.decided)
         if outcome.decided:
-            return  # the executor dispatched the message update
+            return outcome  # the executor dispatched the message update
         self._ephemeral(channel, user, outcome.message)
         if approval.status != "pending":
             # The user clicked on a message that no longer shows the truth: bring it up to date.
             self.dispatcher.notify(approval.incident_id)
+        return outcome
 
     def _incident_channel(self, approval_id: str) -> str | None:
         approval = self._approval(approval_id)
@@ -181,11 +222,15 @@ class Approvals:
         return str(row.chat_channel)
 
     def _ephemeral(self, channel: str | None, user: str, text: str) -> None:
+        self._ephemeral_mrkdwn(channel, user, escape(text))
+
+    def _ephemeral_mrkdwn(self, channel: str | None, user: str, text: str) -> None:
+        """``text`` is already escaped where it carries data."""
         if channel is None:
             log.warning("slack.ephemeral_without_channel", user=user, text=text[:300])
             return
         try:
-            self.client.chat_postEphemeral(channel=channel, user=user, text=escape(text))
+            self.client.chat_postEphemeral(channel=channel, user=user, text=text)
         except (SlackApiError, SlackClientError) as exc:
             log.warning("slack.ephemeral_failed", channel=channel, user=user,
                         error=str(exc)[:300])

@@ -1,12 +1,13 @@
 """The ``/drift`` slash command.
 
-``list`` (open incidents), ``show ID`` and ``help`` are for anyone in the workspace who can run
-the command; ``isolate|release|evict NAMESPACE/POD`` only for ``DRIFT_SLACK_COMMAND_USERS``
-(user ids or ``slack-group:<handle>``). They run the same plug-ins as ``drift-responder pods``,
-audited as ``slack:<user id>``; ``evict`` first asks the user to confirm with a button. Every use
-(and every confirmation or cancellation) is recorded as a ``slack.command`` audit record before
-anything is shown or done. Replies go to the user alone (the command's response URL), and
-everything that may come from an alert is escaped.
+``list`` (open incidents), ``show ID``, ``suppressions [all]`` and ``help`` are for anyone in the
+workspace who can run the command; ``lift SUPPRESSION REASON`` for command users and for whoever
+made that suppression; ``isolate|release|evict NAMESPACE/POD`` only for
+``DRIFT_SLACK_COMMAND_USERS`` (user ids or ``slack-group:<handle>``). They run the same plug-ins
+as ``drift-responder pods``, audited as ``slack:<user id>``; ``evict`` first asks the user to
+confirm with a button. Every use (and every confirmation or cancellation) is recorded as a
+``slack.command`` audit record before anything is shown or done. Replies go to the user alone
+(the command's response URL), and everything that may come from an alert is escaped.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import structlog
 from slack_bolt import Ack, App, Respond
 from sqlalchemy import Engine
 
+from bots.slack import suppressing
 from bots.slack.authorising import USER_PREFIX, CommandUsers
-from responder.models.times import format_ns
+from responder.models.times import format_ns, now_ns
 from responder.plugins.notify.slack_blocks import escape, truncate, who
 from responder.settings import Settings
 from responder.store import audit, incidents, runs
+from responder.store import suppressions as suppressions_store
 from responder.workers.manual import (
     ACTIONS,
     BadTarget,
@@ -43,8 +46,11 @@ HELP = (
     "*/drift isolate NAMESPACE/POD* quarantine a pod (reversible)\n"
     "*/drift release NAMESPACE/POD* undo isolate\n"
     "*/drift evict NAMESPACE/POD* evict a pod (asks you to confirm)\n"
-    "isolate, release and evict are for the users in DRIFT_SLACK_COMMAND_USERS; every use is "
-    "recorded in the audit trail."
+    "*/drift suppressions [all]* active suppressions (all: lifted and expired too)\n"
+    "*/drift lift SUPPRESSION_ID REASON* end a suppression now\n"
+    "isolate, release and evict are for the users in DRIFT_SLACK_COMMAND_USERS, and so is lift "
+    "(besides whoever made the suppression). To suppress similar alerts, dismiss an incident "
+    "and choose a duration. Every use is recorded in the audit trail."
 )
 
 
@@ -128,6 +134,12 @@ class SlashCommands:
                 return {"text": "Usage: /drift show INCIDENT_ID"}
             self._audit(user, channel, sub, text, "shown", incident_id=self._known(args[0]))
             return {"text": self._show(args[0])}
+        if sub == "suppressions":
+            everything = bool(args) and args[0].lower() == "all"
+            self._audit(user, channel, sub, text, "shown")
+            return {"text": self._suppressions(everything)}
+        if sub == "lift":
+            return self._lift(user, channel, text)
         if sub in ACTIONS:
             return self._pod_command(user, channel, text, sub, args)
         self._audit(user, channel, sub, text, "help")
@@ -157,6 +169,43 @@ class SlashCommands:
                                 {"dry_run": None, "allow_protected": False},
                                 actor=f"{USER_PREFIX}{user}")
         return {"text": _result_text(action, result)}
+
+    def _suppressions(self, everything: bool) -> str:
+        now = now_ns()
+        with self.engine.connect() as conn:
+            found = suppressions_store.list_suppressions(
+                conn, now_ns=now, include_inactive=everything, limit=LIST_LIMIT)
+        return suppressing.listing(found, now=now, everything=everything, limit=LIST_LIMIT,
+                                   max_chars=MAX_REPLY)
+
+    def _lift(self, user: str, channel: str, text: str) -> dict[str, Any]:
+        parts = text.split(None, 2)
+        if len(parts) < 3 or len(parts[2].strip()) < 3:
+            self._audit(user, channel, "lift", text, "usage")
+            return {"text": "Usage: /drift lift SUPPRESSION_ID REASON (the reason is "
+                            "recorded in the audit trail)"}
+        suppression_id, reason = parts[1], parts[2].strip()
+        with self.engine.connect() as conn:
+            found = suppressions_store.get(conn, suppression_id)
+        if found is None:
+            self._audit(user, channel, "lift", text, "unknown suppression")
+            return {"text": f"No suppression {escape(truncate(suppression_id, 64))}."}
+        actor = f"{USER_PREFIX}{user}"
+        if found.created_by != actor and not self.users.allowed(user):
+            self._audit(user, channel, "lift", text, "refused: not a command user",
+                        incident_id=found.incident_id)
+            return {"text": "You may not lift this suppression: you did not make it and you "
+                            "are not in DRIFT_SLACK_COMMAND_USERS. This attempt was recorded."}
+        self._audit(user, channel, "lift", text, "lifting", incident_id=found.incident_id)
+        try:
+            with self.engine.begin() as conn:
+                lifted = suppressions_store.lift(conn, found.id, by=actor, reason=reason,
+                                                 now_ns=now_ns())
+        except suppressions_store.NotActive as exc:
+            return {"text": escape(str(exc))}
+        return {"text": f"Suppression `{escape(lifted.id)}` lifted: "
+                        f"{escape(lifted.match.describe())} ({lifted.hits} alerts suppressed). "
+                        "Matching alerts open incidents again within seconds."}
 
     def _list(self) -> str:
         with self.engine.connect() as conn:

@@ -26,6 +26,7 @@ from responder.intake.backends import UNAVAILABLE, Backends
 from responder.intake.committing import GroupCommitter
 from responder.intake.metrics import IntakeMetrics
 from responder.intake.parsing import BatchRejected, BodyError, decode_body, validate_items
+from responder.intake.suppressing import SuppressionCache
 
 log = structlog.get_logger("drift.intake")
 
@@ -52,6 +53,9 @@ def create_app(backends: Backends, *, insecure_no_auth: bool = False,
                          "alerts (pass --insecure-no-auth to run without one)")
     metrics = metrics or IntakeMetrics()
     committer = GroupCommitter(backends.recorder)
+    suppressions = backends.suppressions
+    if suppressions is not None:
+        metrics.watch_suppressions(suppressions.totals)
 
     def authorised(request: Request) -> bool:
         if token is None:
@@ -118,9 +122,11 @@ def create_app(backends: Backends, *, insecure_no_auth: bool = False,
             return response
         metrics.accepted.inc(len(alerts))
         metrics.opened.inc(len(recorded.opened))
-        metrics.dedup_hits.inc(len(alerts) - len(recorded.opened))
-        return OrjsonResponse({"accepted": len(alerts), "incidents": recorded.incidents},
-                              status_code=202)
+        metrics.dedup_hits.inc(len(alerts) - recorded.suppressed - len(recorded.opened))
+        answer: dict[str, Any] = {"accepted": len(alerts), "incidents": recorded.incidents}
+        if recorded.suppressed:
+            answer["suppressed"] = recorded.suppressed
+        return OrjsonResponse(answer, status_code=202)
 
     async def healthz(_: Request) -> Response:
         return OrjsonResponse({"status": "ok"})
@@ -142,17 +148,32 @@ def create_app(backends: Backends, *, insecure_no_auth: bool = False,
             except UNAVAILABLE as exc:
                 log.warning("intake.audit_flush_failed", error=type(exc).__name__)
 
+    async def refresh_suppressions_forever(cache: SuppressionCache) -> None:
+        # Off the request path: the recorder only refreshes itself when this falls behind.
+        while True:
+            try:
+                await asyncio.to_thread(cache.refresh)
+            except Exception:  # store errors are handled inside; anything else must not stop it
+                log.exception("intake.suppressions_refresh_failed")
+            await asyncio.sleep(cache.refresh_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         committer.start()
-        flusher = asyncio.get_running_loop().create_task(flush_audit_forever())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(flush_audit_forever())]
+        if suppressions is not None:
+            tasks.append(loop.create_task(refresh_suppressions_forever(suppressions)))
         try:
             yield
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await committer.stop()
+            if suppressions is not None:
+                await asyncio.to_thread(suppressions.flush)
 
     routes = [
         Route("/v1/falco", falco, methods=["POST"]),

@@ -17,6 +17,7 @@ from responder.conducting.dispatching import Dispatcher
 from responder.intake.correlating import Correlator, RedisCorrelator, SqlCorrelator
 from responder.intake.planning import RunPlanner
 from responder.intake.recording import Recorder
+from responder.intake.suppressing import DEFAULT_REFRESH_S, SuppressionCache
 from responder.models.incidents import KeySpec
 from responder.settings import Settings
 from responder.store import migrating, recording
@@ -41,6 +42,7 @@ class Backends:
     redis: redis.Redis | None
     correlator: Correlator
     recorder: Recorder
+    suppressions: SuppressionCache | None = None
 
     def describe(self) -> str:
         store = self.engine.url.render_as_string(hide_password=True)
@@ -96,6 +98,9 @@ def open_backends(settings: Settings, *, migrate: bool | None = None,
         correlator = RedisCorrelator(client, window_ns, settings.redis_prefix)
     else:
         correlator = SqlCorrelator(window_ns)
+    cache = SuppressionCache(engine, refresh_s=float(getattr(
+        settings, "suppression_refresh_seconds", DEFAULT_REFRESH_S)))
     recorder = Recorder(engine, correlator, KeySpec.parse(settings.correlation_key),
-                        policy_from(settings), planner=planner, dispatcher=dispatcher)
-    return Backends(settings, engine, client, correlator, recorder)
+                        policy_from(settings), planner=planner, dispatcher=dispatcher,
+                        suppressions=cache)
+    return Backends(settings, engine, client, correlator, recorder, cache)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from responder.intake.backends import UNAVAILABLE
-from responder.intake.recording import Recorded, Recorder
+from responder.intake.recording import SUPPRESSED, Recorded, Recorder
 from responder.models.alerts import Alert
 
 
@@ -92,8 +92,9 @@ class GroupCommitter:
                 offset += len(p.alerts)
                 mine = [i for i in dict.fromkeys(ids) if i in unclaimed]
                 unclaimed.difference_update(mine)
+                suppressed = ids.count(SUPPRESSED) if result.suppressed else 0
                 if not p.future.done():
-                    p.future.set_result(Recorded(ids, opened=mine))
+                    p.future.set_result(Recorded(ids, opened=mine, suppressed=suppressed))
 
 
 def raise_into(pending: _Pending, exc: BaseException | None) -> None:

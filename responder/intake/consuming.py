@@ -80,6 +80,7 @@ class ConsumerStats:
     recorded: int = 0
     dead_lettered: int = 0
     duplicate_batches: int = 0
+    suppressed: int = 0
     incidents: set[str] = field(default_factory=set)
 
 
@@ -124,6 +125,7 @@ class ListConsumer:
                             retry_in_s=backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+        self.recorder.flush_suppressions()
         return self.stats
 
     def step(self) -> bool:
@@ -149,14 +151,16 @@ class ListConsumer:
         if result.duplicate_batch:
             self.stats.duplicate_batches += 1
         else:
-            self.stats.recorded += len(result.incident_ids)
-            self.stats.incidents.update(result.incident_ids)
+            self.stats.recorded += len(result.incident_ids) - result.suppressed
+            self.stats.suppressed += result.suppressed
+            self.stats.incidents.update(result.incidents)
         if dead:
             log.warning("consume.dead_lettered", count=len(dead), dead_letter_key=self.dead_key)
         return True
 
     def _one_by_one(self, good: list[Alert], batch_id: str, dead: list[bytes]) -> Recorded:
         incident_ids: list[str] = []
+        suppressed = 0
         for index, alert in enumerate(good):
             try:
                 done = self.recorder.record([alert],
@@ -170,7 +174,8 @@ class ListConsumer:
                                           "time_ns": time.time_ns()}))
             else:
                 incident_ids.extend(done.incident_ids)
-        return Recorded(incident_ids)
+                suppressed += done.suppressed
+        return Recorded(incident_ids, suppressed=suppressed)
 
     def adopt_orphans(self) -> int:
         """Take over the in-flight batch of consumers whose heartbeat has expired."""

@@ -210,3 +210,32 @@ artifacts = Table(
     Column("step_id", String(64)),
     Column("created_ns", BigInteger, nullable=False),
 )
+
+#: Suppressions of known-benign drift (see responder/store/suppressions.py): alerts matching an
+#: active one are accepted and counted here (``hits``, flushed periodically by the intake) but
+#: open no incident. A rule and a namespace are always required; the rest only narrows.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("rule", String(1024), nullable=False),
+    Column("namespace", String(253), nullable=False),
+    Column("pod", String(253)),
+    Column("pod_prefix", String(253)),
+    Column("image", String(1024)),
+    Column("image_digest", String(128)),
+    Column("node", String(253)),
+    # Alerts more severe than this (a lower rank) are never suppressed.
+    Column("max_priority_rank", SmallInteger, nullable=False),
+    Column("incident_id", String(26)),
+    Column("created_by", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    Column("lifted_by", String(256)),
+    Column("lifted_ns", BigInteger),
+    Column("lift_reason", Text),
+    Column("hits", BigInteger, nullable=False),
+    Column("last_hit_ns", BigInteger),
+    Index("ix_suppressions_expires", "expires_ns"),
+)
