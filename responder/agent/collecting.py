@@ -65,4 +65,7 @@ def filesystem_diff(located: Located, *, flag_paths: Collection[str] = (),
     return overlay.diff_upperdir(
         located.overlay.upperdir, list(located.overlay.lowerdirs),
         container_id=located.container_id, flag_paths=flag_paths, exclude=located.volumes,
-        limits=limits or overlay.DiffLimits(), quarantine=quarantine)
+        limits=limits or overlay.DiffLimits(), quarantine=quarantine,
+        # Only a mount made with userxattr may speak through user.overlay.* marks: otherwise a
+        # container could forge a whiteout there and hide what it dropped.
+        userxattr=located.overlay.userxattr)
