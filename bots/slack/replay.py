@@ -75,8 +75,13 @@ class ReplayGuard:
         Refused here: a missing or malformed timestamp or signature (bolt would answer 500 to
         a timestamp that is not a number), and a validly signed request seen before. Requests
         that are merely badly signed or stale are left to bolt, which refuses them (401)."""
-        if not timestamp or not signature or not timestamp.isdigit() or \
-                not signature.startswith("v0="):
+        # isascii: str.isdigit() also accepts digits such as '\u00b2', which int() refuses.
+        if not timestamp or not signature or not (timestamp.isascii() and timestamp.isdigit()) \
+                or not signature.startswith("v0="):
+            return "unsigned"
+        try:
+            body.decode("utf-8")  # Slack signs text; the verifier decodes it and would raise
+        except UnicodeDecodeError:
             return "unsigned"
         if not self.verifier.is_valid(body, timestamp, signature):
             return None

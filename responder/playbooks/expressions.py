@@ -44,6 +44,8 @@ def check_expression(source: str) -> nodes.Expr:
         parsed = environment().parse("{{ (" + source + ") }}")
     except TemplateSyntaxError as exc:
         raise ExpressionError(f"bad expression {source!r}: {exc.message}") from None
+    except RecursionError:
+        raise ExpressionError(f"expression nested too deeply: {source[:60]!r}...") from None
     output = parsed.body[0]
     assert isinstance(output, nodes.Output)
     first = output.nodes[0]
@@ -56,6 +58,8 @@ def check_template(source: str) -> nodes.Template:
         return environment().parse(source)
     except TemplateSyntaxError as exc:
         raise ExpressionError(f"bad template {source!r}: {exc.message}") from None
+    except RecursionError:
+        raise ExpressionError(f"template nested too deeply: {source[:60]!r}...") from None
 
 
 def step_references(tree: nodes.Node) -> Iterator[str]:

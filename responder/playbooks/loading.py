@@ -36,6 +36,7 @@ class Source:
     file: str
     data: Any
     marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    built: int = 0
 
     def where(self, path: Path_) -> tuple[int, int]:
         """The position of the deepest known node on ``path`` (1-based line and column)."""
@@ -74,6 +75,9 @@ def parse_yaml(text: str, file: str) -> tuple[Source | None, list[Problem]]:
         source.data = _construct(node, (), source, problems)
     except RecursionError:
         return None, [Problem(file, 1, 1, "YAML nested too deeply")]
+    except _TooManyNodes:
+        return None, [Problem(file, 1, 1, f"YAML expands to more than {MAX_NODES} nodes "
+                                          "(aliases repeated?): refused")]
     except yaml.MarkedYAMLError as exc:  # merge keys, unknown tags, bad scalars
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -83,7 +87,19 @@ def parse_yaml(text: str, file: str) -> tuple[Source | None, list[Problem]]:
     return source, problems
 
 
+#: Nodes one document may build. Aliases make a small file expand into a huge one ("billion
+#: laughs"): past this budget the file is refused instead of hanging lint and start-up.
+MAX_NODES = 200_000
+
+
+class _TooManyNodes(Exception):
+    pass
+
+
 def _construct(node: yaml.Node, path: Path_, source: Source, problems: list[Problem]) -> Any:
+    source.built += 1
+    if source.built > MAX_NODES:
+        raise _TooManyNodes
     source.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -106,8 +122,16 @@ def _construct(node: yaml.Node, path: Path_, source: Source, problems: list[Prob
         return [_construct(item, (*path, i), source, problems)
                 for i, item in enumerate(node.value)]
     assert isinstance(node, yaml.ScalarNode)
-    return yaml.SafeLoader(  # resolve the scalar exactly as safe_load would
-        "").construct_object(node, deep=True)
+    try:
+        return yaml.SafeLoader(  # resolve the scalar exactly as safe_load would
+            "").construct_object(node, deep=True)
+    except (ValueError, OverflowError, TypeError, KeyError, AttributeError) as exc:
+        # 2026-13-45, !!int 0xZZ, !!bool maybe, integers of thousands of digits
+        problems.append(Problem(source.file, node.start_mark.line + 1,
+                                node.start_mark.column + 1,
+                                f"YAML: {node.value[:60]!r} is not a valid "
+                                f"{node.tag.rsplit(':', 1)[-1]} ({str(exc)[:120]})"))
+        return None
 
 
 def load_text(text: str, file: str) -> Loaded:
