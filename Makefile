@@ -16,7 +16,7 @@ install: $(STAMP)
 
 # The main job on the embedded default: no Redis, no PostgreSQL.
 demo: $(STAMP)
-	$(BIN)/python -m responder.demo
+	$(BIN)/drift-responder demo
 
 # Unit and integration tests. Integration tests need Redis and PostgreSQL (see README); `.ci/run`
 # starts them when they are not running.

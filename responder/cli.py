@@ -463,6 +463,15 @@ def worker(ctx: click.Context, concurrency: int, pool: str) -> None:
 
 
 @main.command()
+def demo() -> None:
+    """Detect -> evidence -> decision -> Isolate on the embedded default, in under a minute
+    (as root with a real throwaway container); leaves its state in a temporary directory."""
+    from responder import demo as demo_mod
+
+    sys.exit(demo_mod.main([]))
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int, help="Intake port.")
 @click.option("--bot-port", default=3000, show_default=True, type=int)
