@@ -232,6 +232,7 @@ class _Hash:
     sha256: str | None
     size: int | None
     skipped: str | None
+    nlink: int | None = None
 
 
 class _Collector:
@@ -277,6 +278,7 @@ class _Collector:
         if cached is not None:
             return cached
         result = self._hash(path, st.st_size)
+        result.nlink = st.st_nlink
         self.hashes[key] = result
         return result
 
@@ -592,6 +594,10 @@ def _describe(collector: _Collector, light: _Light, boot_ns: int | None, ticks: 
         cwd = None
     exe, deleted, memfd = collector.split_exe(light.exe_raw)
     hashed = collector.hash_exe(base) if exe is not None else _Hash(None, None, light.exe_error)
+    if (deleted or memfd) and hashed.nlink and light.exe_raw is not None:
+        # " (deleted)" and "/memfd:" are also text a file can be named (a dropper hiding as
+        # deleted or fileless): a file that still has a link is neither.
+        exe, deleted, memfd = _decode(light.exe_raw), False, False
     start_time = None
     if boot_ns is not None and light.start_ticks is not None:
         start_time = collector.rfc3339(boot_ns + light.start_ticks * _NS // ticks)

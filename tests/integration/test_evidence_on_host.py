@@ -424,9 +424,6 @@ def test_drift_made_from_the_host_never_follows_a_symlink_out_of_the_container(
 # ------------------------------------------------------------------------------ evasions
 
 @root_only
-@pytest.mark.xfail(strict=True, reason="BUG processes._split_exe trusts a ' (deleted)' suffix: "
-                   "a binary named 'x (deleted)' reads as deleted, in no known layer (st_nlink of "
-                   "/proc/<pid>/exe is 1, not 0)")
 def test_a_dropped_binary_named_like_a_deleted_one_is_still_in_the_upper_layer(
         fresh: Callable[..., ThrowawayContainer]) -> None:
     with fresh() as sly:
@@ -440,9 +437,6 @@ def test_a_dropped_binary_named_like_a_deleted_one_is_still_in_the_upper_layer(
 
 
 @root_only
-@pytest.mark.xfail(strict=True, reason="BUG processes._split_exe takes any path starting with "
-                   "'/memfd:' for a memfd: a binary dropped at /memfd:x reads as fileless and "
-                   "not in the upper layer (st_nlink of /proc/<pid>/exe is 1, not 0)")
 def test_a_dropped_binary_at_a_memfd_like_path_is_not_taken_for_a_memfd(
         fresh: Callable[..., ThrowawayContainer]) -> None:
     with fresh() as sly:
