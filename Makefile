@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/runs.py
 	$(BIN)/python bench/prompt.py
+	$(BIN)/python bench/evidence.py
 
 soak: $(STAMP)
 	@echo "no soak suites yet (they arrive with the fault-injection issue)"; exit 1

@@ -25,7 +25,8 @@ class ProcessInfo(_Model):
     ns_pid: int | None = Field(description="Pid inside the container's pid namespace (NSpid).")
     ppid: int
     uid: int | None = None
-    user: str | None = Field(default=None, description="Name of uid on the host, else the uid.")
+    user: str | None = Field(default=None, description="Name of uid in the container's own "
+                             "/etc/passwd; None when unknown.")
     start_time: str | None = Field(default=None, description="RFC 3339, from stat starttime.")
     cmdline: list[str] = Field(default_factory=list, description="argv, bounded.")
     cmdline_truncated: bool = False
@@ -49,7 +50,8 @@ class ProcessTree(_Model):
     method: Method = "node-agent"
     assurance: Assurance = "high"
     processes: list[ProcessInfo] = Field(default_factory=list,
-                                         description="Ordered by pid, parents first.")
+                                         description="The container's roots first, then "
+                                         "depth-first, siblings by pid.")
     rendered: str = Field(default="", description="The tree as text, one line per process.")
     truncated: bool = False
 
