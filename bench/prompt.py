@@ -24,9 +24,15 @@ Phases (each alert for a new container, so each makes one incident, one run, one
   2,000 alerts/s for a fixed set of containers whose incidents were opened (and prompted) before
   the storm starts, so the storm adds load but no new prompts; its achieved rate is reported.
 - the same two phases again with one alert every 1.25 s: the workers post at most
-  DRIFT_SLACK_RATE_PER_SECOND (default 1) messages per second per channel (a token bucket in
-  Redis, shared by the workers, Slack's own limit), so one prompt every 100 ms in one channel
-  queues by design; these phases show the latency of the machinery within that limit.
+  DRIFT_SLACK_RATE_PER_SECOND (default 1) new messages per second per channel after a burst of
+  10 (a token bucket in Redis, shared by the workers, Slack's own limit), so one prompt every
+  100 ms in one channel queues by design beyond the burst (oldest first; a digest message names
+  the waiting incidents once more than 20 wait); these phases show the latency of the machinery
+  within that limit.
+
+Per alert, two latencies: to its own prompt (the message with its buttons) and to the first
+message naming it (its prompt or a digest); for the 100 ms phases also the first 10 alerts alone
+(what the burst absorbs).
 - a full run then repeats the 100 ms phases on a second, fresh stack with the bucket lifted
   (DRIFT_SLACK_RATE_PER_SECOND=1000; diagnostic, not a supported setting), which isolates what
   the bucket costs (``--no-compare`` skips it).
@@ -86,6 +92,8 @@ from bench.runs import (  # noqa: E402
     wait_for_quiet,
 )
 from responder.models.times import parse_rfc3339_ns  # noqa: E402
+from responder.plugins.notify.ratelimit import SlackLimits  # noqa: E402
+from responder.plugins.notify.slack_blocks import DIGEST_BLOCK_ID  # noqa: E402
 from tests.fakes.slack_api import FakeSlack, SlackRequest  # noqa: E402
 
 DEFAULT_RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -97,6 +105,7 @@ CHANNEL = "#drift-bench"
 P50_TARGET_MS = 100.0
 P99_TARGET_MS = 500.0
 STORM_BASE = 0x500000  # container numbers of the storm's containers
+LIMITS = SlackLimits()  # the defaults the stack runs with (burst, digest threshold...)
 PLACEHOLDER = "@@SEQ@@"
 BUSY_PATTERN = "bench/|pytest"
 ULID = re.compile(rb"[0-9A-HJKMNP-TV-Z]{26}")
@@ -296,8 +305,10 @@ class Prompts:
     def __init__(self, slack: FakeSlack) -> None:
         self.slack = slack
         self.seen = 0
-        self.first: dict[str, SlackRequest] = {}
+        self.first: dict[str, SlackRequest] = {}  # its own prompt (header, buttons)
+        self.mentioned: dict[str, SlackRequest] = {}  # the first message naming it (or digest)
         self.posts: list[SlackRequest] = []
+        self.digests: list[SlackRequest] = []
         self.updates: list[SlackRequest] = []
 
     def scan(self) -> None:
@@ -311,8 +322,13 @@ class Prompts:
             if r.method != "chat.postMessage" or not r.ok:
                 continue
             self.posts.append(r)
+            digest = DIGEST_BLOCK_ID.encode() in r.body
+            if digest:
+                self.digests.append(r)
             for match in ULID.findall(r.body):
-                self.first.setdefault(match.decode(), r)
+                self.mentioned.setdefault(match.decode(), r)
+                if not digest:
+                    self.first.setdefault(match.decode(), r)
 
     def wait(self, incidents: Sequence[str], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
@@ -406,11 +422,16 @@ class Sample:
     accepted_ns: int
     opened_ns: int = 0
     requested_ns: int = 0  # approval.requested audit record
-    posted_ns: int = 0     # chat.postMessage received by the fake
+    posted_ns: int = 0     # its own prompt's chat.postMessage received by the fake
+    mentioned_ns: int = 0  # the first chat.postMessage naming it (its prompt or a digest)
 
     @property
     def latency(self) -> int:
         return self.posted_ns - self.accepted_ns
+
+    @property
+    def mention_latency(self) -> int:
+        return self.mentioned_ns - self.accepted_ns
 
 
 @dataclasses.dataclass
@@ -427,6 +448,8 @@ class Phase:
     storm_rate: float | None = None
     attempt: int = 1
     notify_updates: int | None = None  # incidents row updates (claim + release/final)
+    bucket: dict[str, int] = dataclasses.field(default_factory=dict)  # the channel's counters
+    digests: int = 0
 
 
 def approval_times(stack: PromptStack, incidents: list[str]) -> dict[str, int]:
@@ -445,6 +468,9 @@ def run_phase(stack: PromptStack, poster: Poster, prompts: Prompts, *, name: str
     meter = CpuMeter(roles)
     samples: list[Sample] = []
     alerts = [make_alert(base + i) for i in range(n)]
+    counters = bucket_counters(stack)
+    prompts.scan()
+    digests = len(prompts.digests)
     meter.start()
     started_ns = time.time_ns()
     t0 = time.monotonic()
@@ -466,25 +492,54 @@ def run_phase(stack: PromptStack, poster: Poster, prompts: Prompts, *, name: str
                                    (ids,)).fetchall())
     for s in samples:
         s.posted_ns = prompts.first[s.incident].received_ns
+        s.mentioned_ns = prompts.mentioned[s.incident].received_ns
         s.requested_ns = requested.get(s.incident, 0)
         s.opened_ns = int(opened[s.incident])
     done_ns = max(s.posted_ns for s in samples)
+    after = bucket_counters(stack)
     return Phase(name, spacing_s, samples, started_ns, posted_ns, done_ns, cpu,
-                 describe_cpu(cpu, meter), meter)
+                 describe_cpu(cpu, meter), meter,
+                 bucket={k: v - counters.get(k, 0) for k, v in after.items()},
+                 digests=len(prompts.digests) - digests)
 
 
-def report_phase(report: Report, phase: Phase, label: str, *, targets: bool) -> None:
-    s = phase.samples
-    lat = [x.latency for x in s]
+def bucket_counters(stack: PromptStack) -> dict[str, int]:
+    """The channel's counters in Redis (responder.plugins.notify.ratelimit): joined (first asks),
+    asked (every notification that asked the bucket for a first message), posts, waits,
+    digests."""
+    raw = stack.redis.get(f"{stack.prefix}slack:channel:{CHANNEL}")
+    state = json.loads(raw) if raw else {}
+    return {k: int(v) for k, v in state.get("n", {}).items()}
+
+
+def latency_rows(report: Report, label: str, what: str, lat: list[int], *,
+                 targets: bool) -> None:
     p50, p99 = pct(lat, 50), pct(lat, 99)
-    n = len(s)
     tgt50 = f"< {P50_TARGET_MS:.0f} ms" if targets else "-"
     tgt99 = f"< {P99_TARGET_MS:.0f} ms" if targets else "-"
-    report.add(Row(f"{label}: 202 received -> chat.postMessage received, p50",
-                   f"{fmt_ms(p50)} (n={n})", tgt50, p50 < P50_TARGET_MS * MS if targets else None))
-    report.add(Row(f"{label}: 202 received -> chat.postMessage received, p99",
+    report.add(Row(f"{label}: 202 received -> {what}, p50", f"{fmt_ms(p50)} (n={len(lat)})",
+                   tgt50, p50 < P50_TARGET_MS * MS if targets else None))
+    report.add(Row(f"{label}: 202 received -> {what}, p99",
                    f"{fmt_ms(p99)} (max {fmt_ms(max(lat))})", tgt99,
                    p99 < P99_TARGET_MS * MS if targets else None))
+
+
+def report_phase(report: Report, phase: Phase, label: str, *, targets: bool,
+                 burst: int = 0) -> None:
+    s = phase.samples
+    lat = [x.latency for x in s]
+    mention = [x.mention_latency for x in s]
+    p50, p99 = pct(lat, 50), pct(lat, 99)
+    n = len(s)
+    latency_rows(report, label, "its own prompt's chat.postMessage received", lat,
+                 targets=targets)
+    if any(x.mentioned_ns < x.posted_ns for x in s):
+        latency_rows(report, label, "first chat.postMessage naming it (its prompt, or a "
+                     "digest)", mention, targets=targets)
+    if burst and n > burst:
+        latency_rows(report, f"{label}, its first {burst} alerts (the bucket's burst)",
+                     "its own prompt's chat.postMessage received",
+                     [x.latency for x in s[:burst]], targets=targets)
     start_leg = [x.requested_ns - x.accepted_ns for x in s if x.requested_ns]
     notify_leg = [x.posted_ns - x.requested_ns for x in s if x.requested_ns]
     from_open = [x.posted_ns - x.opened_ns for x in s]
@@ -521,11 +576,23 @@ def report_phase(report: Report, phase: Phase, label: str, *, targets: bool) -> 
     ]
     if phase.storm_rate is not None:
         parts.insert(1, f"storm accepted {phase.storm_rate:,.0f} alerts/s meanwhile")
+    if any(x.mentioned_ns < x.posted_ns for x in s):
+        parts.insert(3, f"first message naming the alert's incident (its prompt, or a digest) "
+                     f"p50 {fmt_ms(pct(mention, 50))} / p90 {fmt_ms(pct(mention, 90))} / p99 "
+                     f"{fmt_ms(pct(mention, 99))} / max {fmt_ms(max(mention))}; "
+                     f"{sum(1 for x in s if x.mentioned_ns < x.posted_ns)} of {n} were named "
+                     f"in a digest before their own prompt")
+    if phase.bucket:
+        b = phase.bucket
+        parts.insert(-1, f"the channel's bucket was asked {b.get('asked', 0):,} times for "
+                     f"{b.get('posts', 0):,} first messages ({b.get('asked', 0) / max(1, n):.2f} "
+                     f"per prompt; {b.get('waits', 0):,} refusals, each re-queueing the "
+                     f"notification for the time until its turn); {phase.digests} digest "
+                     "message(s)")
     if phase.notify_updates is not None:
-        parts.insert(-1, f"about {phase.notify_updates / 2:,.0f} drift.notify executions got as "
-                     f"far as claiming the incident's first post for these {n} prompts "
-                     f"({phase.notify_updates:,} `incidents` row updates: a claim, then a release "
-                     "when the bucket refuses or the posted ts)")
+        parts.insert(-1, f"{phase.notify_updates:,} `incidents` row updates (a claim and the "
+                     "posted ts per prompt; a refused notification no longer touches the "
+                     "database)")
     if phase.attempt > 1:
         parts.insert(1, f"figures from attempt {phase.attempt} (during attempt 1 other work "
                      "used the machine)")
@@ -552,8 +619,13 @@ def open_storm_incidents(stack: PromptStack, poster: Poster, prompts: Prompts, c
     if len(ids) != n:
         raise RuntimeError(f"{n} storm containers gave {len(ids)} incidents")
     prompts.wait(ids, 60 + 2 * n / rate_per_s, "storm incidents")
-    time.sleep(1.0 / rate_per_s + 0.5)  # let the bucket refill
+    time.sleep(refill_s(rate_per_s))  # let the bucket refill
     return ids
+
+
+def refill_s(rate_per_s: float) -> float:
+    """Seconds an empty channel bucket takes to fill up (its burst) again."""
+    return LIMITS.burst / rate_per_s + 0.5
 
 
 def storm_counts(stack: PromptStack, ids: list[str]) -> tuple[int, int]:
@@ -592,7 +664,7 @@ def measure(stack: PromptStack, poster: Poster, prompts: Prompts, cfg: Config, *
         if not storm_running:
             time.sleep(11)  # PostgreSQL flushes an idle backend's table counters within 10 s
             phase.notify_updates = incident_updates(stack) - before
-        time.sleep(1.0 / rate_per_s + 0.5)  # the channel bucket has a token again
+        time.sleep(refill_s(rate_per_s))  # the channel bucket is full again
         foreign = phase.cpu.get("other", 0.0)
         if foreign <= FOREIGN_LIMIT_PCT or attempt == 2:
             return phase
@@ -669,7 +741,8 @@ def bench_stack(stack: PromptStack, slack: FakeSlack, cfg: Config, report: Repor
                     f"Under a {cfg.storm_rate:,.0f} alerts/s storm")
             head = (f"{label}: " if label else "") + f"{what}, 1 alert / " \
                 f"{cfg.spacing_s * 1000:.0f} ms"
-            report_phase(report, phase, head, targets=not diagnostic)
+            report_phase(report, phase, head, targets=not diagnostic,
+                         burst=0 if diagnostic else int(LIMITS.burst))
         if not diagnostic:
             for kind in ("idle", "storm"):
                 phase = by_spacing[(kind, cfg.slow_spacing_s)]
@@ -734,8 +807,19 @@ def section(cfg: Config, report: Report, started: dt.datetime, quiet_note: str) 
         "Redis (correlation, Celery broker, Slack channel bucket), on the same 2 cores as the "
         "load; the Slack Web API is tests/fakes/slack_api.py's FakeSlack in the benchmark "
         "process, reached by the workers' real slack_sdk client; a playbook whose first step is "
-        "a `core.approval` (approvers `[\"slack:*\"]`); default settings "
-        "(DRIFT_SLACK_RATE_PER_SECOND=1, one channel) unless a row says otherwise.",
+        "a `core.approval` (approvers `[\"slack:*\"]`); default settings, one channel: "
+        f"new messages {LIMITS.rate_per_second:g}/s per channel with a burst of "
+        f"{LIMITS.burst:g} (a token bucket in Redis shared by the workers), prompts waiting in "
+        f"a channel served oldest first, a digest message naming the waiting incidents once "
+        f"more than {LIMITS.digest_after} wait (then at most one per "
+        f"{LIMITS.digest_interval_s:g} s), every incident still getting its own prompt in its "
+        "turn (responder/plugins/notify/ratelimit.py), unless a row says otherwise.",
+        "",
+        "Two latencies per alert: to **its own prompt** (the message with its approval "
+        "buttons), and to **the first message naming it** (its prompt, or a digest). One "
+        "prompt every 100 ms in one channel is ten times what Slack accepts there (about one "
+        "message a second per channel): beyond the burst, its own prompts queue by design, and "
+        "the digest is what reaches the channel early.",
         "",
     ]
     if cfg.quick:
@@ -759,8 +843,11 @@ def section(cfg: Config, report: Report, started: dt.datetime, quiet_note: str) 
         f"- Each phase: {cfg.samples} single-alert requests (JSON, keep-alive connection), each "
         "for a new container, sent on a fixed schedule (one every 100 ms, or every "
         f"{cfg.slow_spacing_s:g} s) whatever the previous prompt did. Latency = the fake's "
-        "`received_ns` of the first successful chat.postMessage whose body names the incident "
-        "- the client's `time.time_ns()` right after the 202. Legs: the `approval.requested` "
+        "`received_ns` of the incident's own prompt (the first successful chat.postMessage "
+        "naming the incident that is not a digest), or of the first one naming it at all "
+        "(digests included) - the client's `time.time_ns()` right after the 202. FIFO is by "
+        "the time a prompt first asks its channel's bucket; within the burst two workers may "
+        "post two prompts a few ms apart in either order. Legs: the `approval.requested` "
         "audit record's `time` (written by drift.start's transaction in a worker); "
         "`opened_at_ns` (the intake's receive time). Percentiles are nearest-rank.",
         f"- Storm: bench/prompt_storm.py, a separate process, posts NDJSON batches of "
@@ -773,13 +860,15 @@ def section(cfg: Config, report: Report, started: dt.datetime, quiet_note: str) 
         "- \"Bucket lifted (diagnostic)\": a second, fresh stack with "
         "DRIFT_SLACK_RATE_PER_SECOND=1000, the 100 ms phases only; not a supported setting "
         "(Slack allows about one message per second per channel), it shows what the bucket "
-        "costs.",
-        "- drift.notify executions (idle phases): `pg_stat_user_tables.n_tup_upd` of `incidents` "
-        "in the throw-away database, read 11 s after the previous activity (PostgreSQL flushes "
-        "an idle backend's counters within 10 s) and 11 s after the phase; every execution that "
-        "gets past the \"someone is posting\" check updates the row twice (it claims the first "
-        "post, then either releases the claim because the channel bucket refused, or stores the "
-        "posted message's ts); nothing else updates `incidents` in those phases.",
+        "costs. Between phases the benchmark waits until the bucket is full again "
+        f"({LIMITS.burst:g} tokens).",
+        "- drift.notify executions: the channel's counters kept with its bucket in Redis "
+        "(every notification that asked for a first message, refusals, posts, digests), read "
+        "before and after each phase; and (idle phases) `pg_stat_user_tables.n_tup_upd` of "
+        "`incidents` in the throw-away database, read 11 s after the previous activity "
+        "(PostgreSQL flushes an idle backend's counters within 10 s) and 11 s after the phase: a "
+        "posted prompt updates the row twice (the claim, then the ts); a refused notification "
+        "is answered by the bucket before any database work.",
         "- CPU figures are per process from /proc between a phase's first alert and its last "
         "prompt; a phase during which work foreign to the benchmark used more than 25% of a "
         "core is measured once more.",

@@ -89,8 +89,25 @@ class Settings(BaseSettings):
     slack_command_users: str = Field(
         default="", description="Who may use /drift isolate|release|evict: user ids and "
         "slack-group:<handle> entries, comma-separated.")
-    slack_rate_per_second: float = Field(default=1.0, gt=0,
-                                         description="Messages per second per channel.")
+    slack_rate_per_second: float = Field(default=1.0, gt=0, description="New messages per "
+                                         "second per channel, after the burst.")
+    slack_burst: float = Field(default=10.0, ge=1, description="New messages a quiet channel "
+                               "takes at once before slack_rate_per_second applies.")
+    slack_digest_after: int = Field(default=20, ge=1, description="More prompts than this "
+                                    "waiting in one channel: the next message is a digest "
+                                    "naming them (each still gets its own prompt in turn).")
+    slack_digest_interval_seconds: float = Field(default=5.0, gt=0, description="At most one "
+                                                 "digest per channel this often.")
+    slack_update_rate_per_minute: float = Field(default=50.0, gt=0, description="chat.update "
+                                                "calls and evidence uploads per minute, whole "
+                                                "workspace (Slack Tier 3).")
+    slack_update_burst: float = Field(default=10.0, ge=1)
+    slack_update_interval_seconds: float = Field(default=1.0, ge=0, description="One update "
+                                                 "per message at most this often.")
+    slack_upload_evidence: bool = Field(default=True, description="Upload evidence artifacts "
+                                        "(JSON, text) into the incident message's thread.")
+    slack_upload_max_bytes: int = Field(default=8 << 20, ge=0, description="Larger artifacts "
+                                        "are not uploaded.")
     agent_heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a node "
                                            "agent says it is alive.")
     agent_stale_seconds: float = Field(default=20.0, gt=0, description="An agent silent this "

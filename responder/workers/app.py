@@ -2,8 +2,9 @@
 
 ``acks_late`` + prefetch 1: a message is acknowledged only after its task ran, and a worker holds
 one message at a time. Redelivery is harmless because every task is idempotent (stale events
-change nothing; leases keep one owner per attempt). Nothing uses countdowns or ETAs: deadlines
-live in the store and the beat sweeps them.
+change nothing; leases keep one owner per attempt). Run deadlines live in the store and the beat
+sweeps them; the only countdowns are short notify retries (Slack's Retry-After or the time until
+the channel's next token, capped well below the broker's visibility timeout).
 """
 
 from __future__ import annotations

@@ -364,9 +364,8 @@ ALERT_PATHS: dict[str, Path_] = {
     "flagged process": ("process_trees", 0, "flagged", 0),
     "diff path": ("diffs", 0, "notable", 0, "path"),
 }
-#: Where formatting still gets through today (see the xfail reason).
-FORMATTING_LEAKS = {"namespace", "pod", "node", "container_id", "image", "approval prompt",
-                    "flagged process"}
+#: Where formatting still gets through today (see the xfail reason): nowhere since the fix.
+FORMATTING_LEAKS: set[str] = set()
 FORMATTING_BUG = (
     "product bug: responder/plugins/notify/slack_blocks.py escapes only & < > in alert-controlled "
     "mrkdwn (the Namespace/pod, Node, Container and Image fields, the approval prompt -- which "
@@ -395,8 +394,7 @@ def test_alert_text_brings_no_mrkdwn_formatting_into_the_message(path: Path_) ->
             assert not [m for m in FORMATTING_MARKS if m in shown], (path, text)
 
 
-@pytest.mark.parametrize("path", _alert_params(
-    FORMATTING_LEAKS | {"process tree node", "diff path"}, NEWLINE_BUG))
+@pytest.mark.parametrize("path", _alert_params(FORMATTING_LEAKS, NEWLINE_BUG))
 def test_a_newline_in_alert_text_cannot_forge_a_line_of_the_message(path: Path_) -> None:
     for _, blocks in _renderings(_set(_prompt(), path, FORGED_LINE)):
         for text in _texts(blocks, "mrkdwn"):
@@ -421,8 +419,7 @@ def test_every_text_of_the_digest_escapes_mentions_links_and_ampersands(field: s
 
 @pytest.mark.parametrize("field", [
     "namespace", "pod",
-    pytest.param("rules", marks=pytest.mark.xfail(strict=True, reason=FORMATTING_BUG
-                                                  + " (the digest's rule names too)")),
+    "rules",
 ])
 def test_alert_text_brings_no_mrkdwn_formatting_into_the_digest(field: str) -> None:
     texts = _digest(field, FORMATTING)

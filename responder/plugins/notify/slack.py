@@ -1,55 +1,29 @@
-"""Posting and updating the incident's Slack message (slack_sdk Web API client)."""
+"""Posting and updating the incident's Slack message, digests, and evidence files in its thread
+(slack_sdk Web API client). Rate limits are the caller's (responder.workers.notifying, over
+``ChannelBucket``); here a 429 becomes ``RateLimited`` (its Retry-After) and a failure worth
+trying again (5xx, network) becomes ``Transient``."""
 
 from __future__ import annotations
 
-import time
+import http.client
+import urllib.error
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-import redis
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 
 from responder.plugins.notify import slack_blocks
+from responder.plugins.notify.ratelimit import ChannelBucket, RateLimited, SlackLimits
 from responder.plugins.notify.views import PromptView
 
-# A token bucket per channel; returns 0 when a token was taken, else ms to wait.
-_BUCKET = """
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - at) * rate / 1000)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
-redis.call('PEXPIRE', KEYS[1], 60000)
-return wait
-"""
+__all__ = ["ChannelBucket", "Posted", "RateLimited", "SlackLimits", "SlackNotifier", "Transient"]
 
 
-class RateLimited(Exception):
-    """Try again after ``retry_after`` seconds (a 429 from Slack, or our own bucket)."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"rate limited; retry after {retry_after:.2f}s")
-        self.retry_after = retry_after
-
-
-class ChannelBucket:
-    """About one message a second per channel, shared by every worker through Redis."""
-
-    def __init__(self, client: redis.Redis | None, rate: float, prefix: str) -> None:
-        self.client = client
-        self.rate = rate
-        self.prefix = prefix
-        self._script = client.register_script(_BUCKET) if client is not None else None
-
-    def take(self, channel: str) -> None:
-        if self._script is None:
-            return
-        wait_ms = int(self._script(keys=[f"{self.prefix}slack:bucket:{channel}"],
-                                   args=[self.rate, max(1.0, self.rate), int(time.time() * 1000)]))
-        if wait_ms > 0:
-            raise RateLimited(wait_ms / 1000)
+class Transient(Exception):
+    """Slack or the network failed in a way worth trying again later (5xx, timeouts)."""
 
 
 @dataclass
@@ -58,17 +32,31 @@ class Posted:
     ts: str
 
 
+@contextmanager
+def slack_errors() -> Iterator[None]:
+    try:
+        yield
+    except SlackApiError as exc:
+        status = exc.response.status_code
+        if status == 429:
+            raise RateLimited(float(exc.response.headers.get("Retry-After", "1"))) from None
+        if status >= 500:
+            raise Transient(f"Slack answered {status}: {exc.response.get('error')}") from None
+        raise
+    except (SlackRequestError, urllib.error.URLError, http.client.HTTPException,
+            OSError) as exc:
+        raise Transient(f"{type(exc).__name__}: {exc}") from None
+
+
 class SlackNotifier:
     def __init__(self, client: WebClient, bucket: ChannelBucket) -> None:
         self.client = client
-        self.bucket = bucket
+        self.bucket: ChannelBucket | None = bucket
 
     def sync(self, view: PromptView, existing: Posted | None, channel: str) -> Posted:
-        """Post the incident's message, or update it in place."""
+        """Post the incident's message, or update it in place (the caller holds the token)."""
         text, blocks = slack_blocks.render(view)
-        target = existing.channel if existing else channel
-        self.bucket.take(target)
-        try:
+        with slack_errors():
             if existing is None:
                 response = self.client.chat_postMessage(channel=channel, text=text,
                                                         blocks=blocks, unfurl_links=False,
@@ -77,11 +65,24 @@ class SlackNotifier:
             self.client.chat_update(channel=existing.channel, ts=existing.ts, text=text,
                                     blocks=blocks)
             return existing
-        except SlackApiError as exc:
-            if exc.response.status_code == 429:
-                raise RateLimited(float(exc.response.headers.get("Retry-After", "1"))) from None
-            raise
+
+    def post_digest(self, channel: str, text: str, blocks: list[dict[str, Any]]) -> Posted:
+        with slack_errors():
+            response = self.client.chat_postMessage(channel=channel, text=text, blocks=blocks,
+                                                    unfurl_links=False, unfurl_media=False)
+        return Posted(str(response["channel"]), str(response["ts"]))
+
+    def upload(self, posted: Posted, *, data: bytes, filename: str, title: str,
+               comment: str) -> str:
+        """A file into the message's thread (files_upload_v2); returns Slack's file id."""
+        with slack_errors():
+            response = self.client.files_upload_v2(
+                channel=posted.channel, thread_ts=posted.ts, file=data, filename=filename,
+                title=title, initial_comment=comment)
+        file = response.get("file") or {}
+        return str(file.get("id", "")) if isinstance(file, dict) else ""
 
     def ephemeral(self, channel: str, user: str, text: str) -> None:
         self.client.chat_postEphemeral(channel=channel, user=user,
                                        text=slack_blocks.escape(text))
+
