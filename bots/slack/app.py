@@ -91,8 +91,10 @@ def run(settings: Settings, executor: Executor, dispatcher: Dispatcher,
     client = web_client(settings)
     app = create_app(settings, executor, dispatcher, client)
     if settings.slack_app_token is not None:
-        # Socket Mode is not covered by the tests: the fake Slack API serves no WebSocket
-        # (apps.connections.open). Signatures are not used there; the app token authenticates.
+        # slack_sdk's built-in client: apps.connections.open with the app token (on
+        # DRIFT_SLACK_API_URL), then the WebSocket; it acks each envelope once bolt's listener
+        # has acked, and reconnects on `disconnect` or a closed socket. Signatures are not used
+        # here; the app token authenticates. Tested against tests/fakes/slack_socket.py.
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value(),

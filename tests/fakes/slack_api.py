@@ -14,7 +14,8 @@ Served (POST or GET to `<base_url><method>`; form, JSON or multipart bodies, que
     auth.test; chat.postMessage, chat.update, chat.postEphemeral, chat.delete,
     chat.getPermalink; files.getUploadURLExternal, the upload URL it hands out,
     files.completeUploadExternal; usergroups.list, usergroups.users.list; views.open;
-    response URLs issued by `response_url()` (what bolt's `respond()` posts to).
+    response URLs issued by `response_url()` (what bolt's `respond()` posts to); methods
+    added with `serve()` (tests/fakes/slack_socket.py adds apps.connections.open).
     files.upload answers `method_deprecated`; every other method answers `unknown_method`.
 
 Kept faithful, because code under test depends on it
@@ -59,7 +60,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -277,6 +278,7 @@ class FakeSlack:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self._served: dict[str, Callable[[SlackRequest], JsonObject]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -355,6 +357,13 @@ class FakeSlack:
         """views.open with this trigger id answers `expired_trigger_id` (Slack: after 3 s)."""
         with self._lock:
             self._expired_triggers.add(trigger_id)
+
+    def serve(self, method: str, answer: Callable[[SlackRequest], JsonObject]) -> None:
+        """Answer `method` with `answer(request)`, the whole JSON object (`ok` included), HTTP
+        200. `answer` authenticates the request itself and runs outside the fake's lock;
+        programmed faults and delays apply as to any method."""
+        with self._lock:
+            self._served[method] = answer
 
     def _add_fault(self, method: str, fault: _Fault) -> None:
         if fault.remaining < 1:
@@ -620,6 +629,11 @@ class FakeSlack:
         try:
             if parse_error is not None:
                 raise parse_error
+            with self._lock:
+                served = self._served.get(req.method)
+            if served is not None:
+                return _Response.of_json(served(req),
+                                         headers={"x-slack-req-id": secrets.token_hex(16)})
             handler = _METHODS.get(req.method)
             if handler is None:
                 raise _SlackError("unknown_method", req_method=req.method)

@@ -1,0 +1,318 @@
+"""The Slack bot in Socket Mode, end to end: real ingest, worker and `drift-responder bot`
+processes; the bot has SLACK_APP_TOKEN and no signing secret, opens its connection with
+`apps.connections.open` on the fake Slack Web API (tests/fakes/slack_api.py) and receives
+envelopes over the WebSocket of tests/fakes/slack_socket.py, acking each on the socket.
+
+One embedded stack for the module; each test has its own pods and incidents. The reconnection
+tests come last: they leave the bot on a newer connection.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from responder.kube.pods import QUARANTINE_LABEL
+from responder.models.audit import AuditRecord
+from responder.store import audit
+from tests.fakes.kubernetes_api import FakeKubernetes
+from tests.fakes.slack_api import (
+    FakeSlack,
+    block_actions_payload,
+    slash_command_body,
+    view_submission_payload,
+)
+from tests.fakes.slack_socket import (
+    Envelope,
+    FakeSocketMode,
+    interactive_payload,
+    slash_command_payload,
+)
+from tests.integration.test_slack_bot import (
+    ALICE,
+    CAROL,
+    CHANNEL,
+    MALLORY,
+    OPS,
+    PLAYBOOK,
+    _wait_for_embedded_queue,
+    button,
+    buttons,
+    kinds,
+)
+from tests.support.processes import CLI, REPO, Service, base_env, free_port, wait_for
+from tests.support.samples import drift_alert
+from tests.support.stack import Stack
+
+ACK_WITHIN_S = 3.0  # Slack's deadline for acknowledging an envelope
+
+
+@dataclass
+class SocketBot:
+    stack: Stack
+    slack: FakeSlack
+    socket: FakeSocketMode
+    kube: FakeKubernetes
+    service: Service
+    port: int  # given as --port; Socket Mode listens on nothing
+
+    @property
+    def channel_id(self) -> str:
+        return self.slack.channel_id(CHANNEL)
+
+    # -- envelopes Slack sends --------------------------------------------------------------
+    def acked(self, envelope: Envelope) -> dict[str, Any] | None:
+        """Wait for the ack of ``envelope``; check it came in time; return its payload."""
+        try:
+            ack = self.socket.wait_ack(envelope, timeout=10)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+        assert envelope.seconds is not None
+        assert envelope.seconds < ACK_WITHIN_S, envelope.seconds
+        return ack.payload
+
+    def click(self, user: str, option: str, message: dict[str, Any]) -> Envelope:
+        envelope = self.socket.interactive(interactive_payload(block_actions_payload(
+            user, f"drift:{option}", button(message, option)["value"], self.channel_id,
+            message["ts"], message=message)))
+        assert self.acked(envelope) is None  # block_actions accept no response payload
+        return envelope
+
+    def command(self, user: str, text: str) -> dict[str, Any]:
+        """Run /drift TEXT as USER over the socket; the reply posted to its response URL."""
+        url = self.slack.response_url(CHANNEL, user=user, kind="commands")
+        envelope = self.socket.slash_command(slash_command_payload(
+            slash_command_body(user, "/drift", text, self.channel_id, url)))
+        assert not self.acked(envelope)  # acked at once, answered on the response URL
+        return wait_for(lambda: next((r.payload for r in self.slack.responses if r.url == url),  # type: ignore[no-any-return]
+                                     None), 15, 0.05, what=f"/drift {text}")
+
+    # -- state ------------------------------------------------------------------------------
+    def incident(self, pod: dict[str, Any], container: int) -> str:
+        alert = drift_alert(container)
+        alert["output_fields"]["k8s.ns.name"] = pod["metadata"]["namespace"]
+        alert["output_fields"]["k8s.pod.name"] = pod["metadata"]["name"]
+        alert["hostname"] = pod["spec"]["nodeName"]
+        full = pod["status"]["containerStatuses"][0]["containerID"].split("://")[-1]
+        alert["output_fields"]["container.full_id"] = full
+        alert["output_fields"]["container.id"] = full[:12]
+        incident = self.stack.post(alert)
+        self.stack.wait_run(incident, "waiting")
+        return incident
+
+    def prompt(self, incident: str, contains: str = "") -> dict[str, Any]:
+        """The incident's message once it shows ``contains`` (default: the buttons)."""
+        def found() -> dict[str, Any] | None:
+            for message in self.slack.messages(CHANNEL):
+                blocks = json.dumps(message.get("blocks", []))
+                if incident in blocks and (contains in blocks if contains else buttons(message)):
+                    return message
+            return None
+
+        try:
+            return wait_for(found, 20, 0.05, what=f"the message of {incident}")  # type: ignore[no-any-return]
+        except AssertionError:
+            raise AssertionError(f"no message of {incident} showing {contains!r}\n"
+                                 f"{self.logs()}") from None
+
+    def records(self, incident: str | None = None) -> list[AuditRecord]:
+        engine = self.stack.engine()
+        try:
+            with engine.connect() as conn:
+                assert audit.verify(conn).ok
+                return list(audit.iter_records(conn, incident))
+        finally:
+            engine.dispose()
+
+    def ephemerals(self, user: str) -> list[dict[str, Any]]:
+        return [r.args for r in self.slack.calls("chat.postEphemeral")
+                if r.ok and r.args.get("user") == user]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name}\n{s.output()[-3000:]}" for s in self.stack.services)
+
+
+@pytest.fixture(scope="module")
+def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SocketBot]:
+    tmp = tmp_path_factory.mktemp("slack-socket")
+    with FakeSlack() as slack, FakeSocketMode(slack) as socket, \
+            FakeKubernetes(namespaces=["shop", "kube-system"]) as kube:
+        slack.add_channel(CHANNEL)
+        slack.add_usergroup("secops", users=[CAROL])
+        (tmp / "pb").mkdir()
+        (tmp / "pb" / "respond.yaml").write_text(textwrap.dedent(PLAYBOOK))
+        env = base_env({
+            "DRIFT_DATA_DIR": str(tmp / "data"), "DRIFT_PLAYBOOKS_DIR": str(tmp / "pb"),
+            "DRIFT_INGEST_TOKEN": "stack-token", "DRIFT_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+            "DRIFT_LEASE_GRACE_SECONDS": "1", "DRIFT_KUBE_HOST": kube.host,
+            "SLACK_BOT_TOKEN": "xoxb-test", "SLACK_APP_TOKEN": socket.app_token,
+            "DRIFT_SLACK_API_URL": slack.base_url, "DRIFT_SLACK_CHANNEL": CHANNEL,
+            "DRIFT_SLACK_COMMAND_USERS": OPS})
+        env.pop("SLACK_SIGNING_SECRET", None)  # Socket Mode needs none
+        stack = Stack(env, tmp)
+        try:
+            worker = stack.start("worker", "--pool", "solo", name="worker")
+            _wait_for_embedded_queue(tmp / "data" / "broker.db", env["DRIFT_QUEUE"], worker)
+            stack.ingest()
+            port = free_port()
+            service = stack.start("bot", "--port", str(port), name="bot")
+            running = SocketBot(stack, slack, socket, kube, service, port)
+            try:
+                socket.wait_connected(timeout=30)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\n{running.logs()}") from None
+            yield running
+        finally:
+            stack.stop()
+        assert not slack.errors, slack.errors
+        assert not socket.errors, socket.errors
+
+
+def test_the_bot_opens_its_connection_with_the_app_token_and_serves_no_http(
+    bot: SocketBot,
+) -> None:
+    first = bot.socket.opens[0]
+    assert first.ok
+    assert first.headers["authorization"] == f"Bearer {bot.socket.app_token}"
+    assert first.http_method == "POST"
+    connection = bot.socket.connections[0]
+    assert connection.query["ticket"]
+    assert not bot.socket.refused
+    assert "socket mode" in bot.service.output()
+    assert bot.service.alive()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{bot.port}/healthz", timeout=2)
+
+
+def test_a_click_over_the_socket_is_acked_in_time_and_isolates_the_pod(
+    bot: SocketBot,
+) -> None:
+    workload = bot.kube.add_workload("shop", "web", labels={"app": "web"}, replicas=2)
+    suspect = workload.pods[0]
+    incident = bot.incident(suspect, 1)
+    message = bot.prompt(incident)
+
+    bot.click(CAROL, "isolate", message)  # a member of the secops group
+    bot.stack.wait_run(incident, "succeeded")
+    assert bot.kube.pod("shop", suspect["metadata"]["name"])["metadata"]["labels"] == {  # type: ignore[index]
+        QUARANTINE_LABEL: incident}
+    decided = kinds(bot.records(incident), "approval.decided")
+    assert [(r.actor, r.data["option"]) for r in decided] == [(f"slack:{CAROL}", "isolate")]
+    updated = bot.prompt(incident, contains="Decision: isolate")
+    assert f"<@{CAROL}>" in json.dumps(updated["blocks"])
+    assert not buttons(updated)
+    assert [u for u in bot.slack.calls("chat.update")
+            if u.ok and u.args.get("ts") == message["ts"]]
+
+
+def test_an_unauthorised_click_over_the_socket_is_refused_to_that_user_and_audited(
+    bot: SocketBot,
+) -> None:
+    workload = bot.kube.add_workload("shop", "cart", labels={"app": "cart"}, replicas=2)
+    incident = bot.incident(workload.pods[0], 2)
+    message = bot.prompt(incident)
+    before = len(bot.ephemerals(MALLORY))
+
+    bot.click(MALLORY, "isolate", message)
+    refusal = wait_for(lambda: bot.ephemerals(MALLORY)[before:], 10, what="the refusal")[0]
+    assert refusal["channel"] == bot.channel_id
+    assert f"slack:{MALLORY} is not an approver" in refusal["text"]
+    refused = wait_for(lambda: kinds(bot.records(incident), "approval.refused"), 10,
+                       what="approval.refused")
+    assert [(r.actor, r.data["option"]) for r in refused] == [(f"slack:{MALLORY}", "isolate")]
+    assert not kinds(bot.records(incident), "approval.decided")
+    assert bot.stack.run_of(incident)["status"] == "waiting"  # type: ignore[index]
+    assert QUARANTINE_LABEL not in bot.kube.pod(  # type: ignore[index]
+        "shop", workload.pods[0]["metadata"]["name"])["metadata"]["labels"]
+
+
+def test_a_slash_command_over_the_socket_is_acked_and_answered(bot: SocketBot) -> None:
+    workload = bot.kube.add_workload("shop", "queue", labels={"app": "queue"}, replicas=2)
+    incident = bot.incident(workload.pods[0], 3)
+    bot.prompt(incident)
+
+    listed = bot.command(MALLORY, "list")
+    assert incident in listed["text"]
+    assert "Open incidents" in listed["text"]
+    assert listed["response_type"] == "ephemeral"
+    used = [r for r in kinds(bot.records(), "slack.command") if r.actor == f"slack:{MALLORY}"]
+    assert [(r.data["subcommand"], r.data["channel"]) for r in used] == [
+        ("list", bot.channel_id)]
+
+
+def test_a_dismissal_without_a_reason_is_answered_in_the_ack_with_the_error(
+    bot: SocketBot,
+) -> None:
+    submission = view_submission_payload(ALICE, "drift_dismiss", "no-such-approval",
+                                         {"reason": {"reason": "  "}})
+    envelope = bot.socket.interactive(interactive_payload(submission))
+    assert envelope.accepts_response_payload
+    assert bot.acked(envelope) == {"response_action": "errors",
+                                   "errors": {"reason": "Say why this drift is expected."}}
+
+
+def test_a_disconnect_request_makes_the_bot_reconnect_and_it_keeps_working(
+    bot: SocketBot,
+) -> None:
+    opens = len(bot.socket.opens)
+    connections = len(bot.socket.connections)
+    old = bot.socket.disconnect()
+
+    new = bot.socket.wait_connected(connections + 1, timeout=15)
+    assert len(bot.socket.opens) == opens + 1
+    assert bot.socket.opens[-1].headers["authorization"] == f"Bearer {bot.socket.app_token}"
+    assert new.ticket != old.ticket
+    bot.socket.wait_closed(old, timeout=10)  # the bot let the old connection go
+    assert [c.index for c in bot.socket.open_connections()] == [new.index]
+
+    assert "*/drift list*" in bot.command(OPS, "help")["text"]
+    assert bot.socket.envelopes[-1].connection == new.index
+    assert bot.socket.envelopes[-1].ack.connection == new.index  # type: ignore[union-attr]
+
+
+def test_a_connection_closed_by_slack_is_replaced_and_the_bot_keeps_working(
+    bot: SocketBot,
+) -> None:
+    connections = len(bot.socket.connections)
+    current = bot.socket.open_connections()[-1]
+    bot.socket.close(current)  # "going away", without asking first
+    bot.socket.wait_closed(current)
+
+    new = bot.socket.wait_connected(connections + 1, timeout=25)
+    assert new.open
+    workload = bot.kube.add_workload("shop", "mail", labels={"app": "mail"}, replicas=2)
+    incident = bot.incident(workload.pods[0], 4)
+    message = bot.prompt(incident)
+    bot.click(ALICE, "isolate", message)
+    bot.stack.wait_run(incident, "succeeded")
+    decided = kinds(bot.records(incident), "approval.decided")
+    assert [(r.actor, r.data["option"]) for r in decided] == [(f"slack:{ALICE}", "isolate")]
+    bot.prompt(incident, contains="Decision: isolate")
+
+
+def test_the_bot_exits_when_slack_refuses_its_app_token(tmp_path: Path) -> None:
+    with FakeSlack() as slack, FakeSocketMode(slack) as socket:
+        # The bot token where the app token belongs: Slack answers not_allowed_token_type
+        # (a revoked xapp- token: invalid_auth).
+        env = base_env({"DRIFT_DATA_DIR": str(tmp_path), "SLACK_BOT_TOKEN": "xoxb-test",
+                        "SLACK_APP_TOKEN": "xoxb-test", "DRIFT_SLACK_API_URL": slack.base_url})
+        env.pop("SLACK_SIGNING_SECRET", None)
+        started = time.monotonic()
+        done = subprocess.run([*CLI, "bot", "--port", str(free_port())], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert [(r.token, r.error) for r in socket.opens] == [
+            ("xoxb-test", "not_allowed_token_type")]
+        assert not socket.connections
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "not_allowed_token_type" in done.stderr
+    assert time.monotonic() - started < 30  # at once, not after retries
