@@ -205,9 +205,22 @@ def _pinned_pod(cluster: Cluster, namespace: str, name: str,
     return changed if changed is not None else (pod, before)
 
 
+#: Read-decide-patch rounds after resourceVersion conflicts before giving up: a pod that
+#: changes under every patch is fought over, and the step should fail saying so, not spin.
+MAX_CONFLICTS = 5
+
+
+def _again(exc: Conflict, conflicts: int, what: str) -> int:
+    if conflicts + 1 >= MAX_CONFLICTS:
+        raise Conflict(f"{what}: the pod changed under each of {MAX_CONFLICTS} attempts "
+                       f"(resourceVersion conflicts); last: {exc}", exc.status, exc.reason,
+                       exc.body) from None
+    return conflicts + 1
+
+
 def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, now: str,
             expected_uid: str | None, strip: list[str] | None = None,
-            dry_run: bool = False) -> Outcome:
+            dry_run: bool = False, conflicts: int = 0) -> Outcome:
     found = _pinned_pod(cluster, namespace, name, expected_uid)
     if isinstance(found, Outcome):
         return found
@@ -244,10 +257,11 @@ def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, no
     try:
         after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
                              name, namespace, patch, _content_type=MERGE)
-    except Conflict:
+    except Conflict as exc:
         # The pod changed between read and patch: decide again on its current state.
         return isolate(cluster, namespace, name, incident_id=incident_id, now=now,
-                       expected_uid=expected_uid, strip=strip, dry_run=dry_run)
+                       expected_uid=expected_uid, strip=strip, dry_run=dry_run,
+                       conflicts=_again(exc, conflicts, f"isolate pod {namespace}/{name}"))
     detail = _isolation_detail(cluster, after, removed)
     if policy_state == "replaced":  # reported: someone had loosened it
         detail["network_policy_state"] = policy_state
@@ -303,7 +317,7 @@ def _isolation_detail(cluster: Cluster, pod: dict[str, Any],
 
 
 def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
-            dry_run: bool = False) -> Outcome:
+            dry_run: bool = False, conflicts: int = 0) -> Outcome:
     found = _pinned_pod(cluster, namespace, name, expected_uid)
     if isinstance(found, Outcome):
         return found
@@ -323,8 +337,9 @@ def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | 
     try:
         after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
                              name, namespace, patch, _content_type=MERGE)
-    except Conflict:
-        return release(cluster, namespace, name, expected_uid=expected_uid, dry_run=dry_run)
+    except Conflict as exc:
+        return release(cluster, namespace, name, expected_uid=expected_uid, dry_run=dry_run,
+                       conflicts=_again(exc, conflicts, f"release pod {namespace}/{name}"))
     return Outcome("released", {"pod": name, "namespace": namespace,
                                 "restored_labels": restored}, before, summary(after))
 
@@ -384,7 +399,7 @@ def delete(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | N
 
 def set_metadata(cluster: Cluster, namespace: str, name: str, *, field_name: str,
                  values: dict[str, str | None], expected_uid: str | None,
-                 dry_run: bool = False) -> Outcome:
+                 dry_run: bool = False, conflicts: int = 0) -> Outcome:
     """Merge labels or annotations (None removes a key)."""
     found = _pinned_pod(cluster, namespace, name, expected_uid)
     if isinstance(found, Outcome):
@@ -400,9 +415,11 @@ def set_metadata(cluster: Cluster, namespace: str, name: str, *, field_name: str
     try:
         after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
                              name, namespace, patch, _content_type=MERGE)
-    except Conflict:
+    except Conflict as exc:
         return set_metadata(cluster, namespace, name, field_name=field_name, values=values,
-                            expected_uid=expected_uid, dry_run=dry_run)
+                            expected_uid=expected_uid, dry_run=dry_run,
+                            conflicts=_again(exc, conflicts,
+                                             f"update pod {namespace}/{name} {field_name}"))
     return Outcome("updated", {field_name: copy.deepcopy(values)}, before, summary(after))
 
 

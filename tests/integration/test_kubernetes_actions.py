@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from responder.kube.client import KubeError
-from responder.kube.pods import POLICY_NAME, QUARANTINE_LABEL
+from responder.kube.client import Conflict, KubeError
+from responder.kube.pods import MAX_CONFLICTS, POLICY_NAME, QUARANTINE_LABEL
 from responder.plugins import runtime
 from responder.plugins.kubernetes import ProtectedNamespace
 from responder.plugins.registry import RecordingContext, load_all
@@ -244,6 +244,24 @@ def test_a_conflicting_write_is_retried_on_the_fresh_object(
     assert result.status == "isolated"
     assert fake.pod("shop", web["name"])["metadata"]["labels"] == {  # type: ignore[index]
         QUARANTINE_LABEL: "INC1"}
+
+
+@pytest.mark.parametrize("name", ["kubernetes.isolate", "kubernetes.release",
+                                  "kubernetes.label"])
+def test_a_pod_that_conflicts_under_every_patch_fails_the_step_after_a_few_rounds(
+    fake: FakeKubernetes, web: dict[str, Any], name: str,
+) -> None:
+    if name == "kubernetes.release":
+        run("kubernetes.isolate", _target(web))
+    fake.clear_requests()
+    fake.fail_next("PATCH", rf"/pods/{re.escape(web['name'])}$", 409, times=10**6)
+    params = _target(web, values={"suspect": "true"}) if name == "kubernetes.label" \
+        else _target(web)
+    with pytest.raises(Conflict, match="changed under each of 5 attempts"):
+        run(name, params)
+    patches = [r for r in fake.requests if r.method == "PATCH" and
+               r.path.endswith(f"/pods/{web['name']}")]
+    assert len(patches) == MAX_CONFLICTS
 
 
 def test_server_errors_and_rate_limits_are_retried_with_backoff(
