@@ -112,21 +112,23 @@ def _audit_artifact(ctx: StepContext, *, sha256: str, size: int, name: str, coll
         "collected_by": socket.gethostname(), "time": format_ns(now_ns())})
 
 
-def _require_agent_or_fallback(params: EvidenceParams) -> bool:
-    """True when this process is the node's agent; False for the exec fallback."""
+def _located_on_node(params: EvidenceParams) -> tuple[runtime.NodeAgent,
+                                                      collecting.Located] | None:
+    """The container as this node's agent sees it; None when the exec fallback is to run."""
     agent = runtime.current().agent
     if agent is not None and params.via != "exec":
         if params.node and params.node != agent.node:
             raise NoAgent(f"this agent serves node {agent.node!r}, the step asks for "
                           f"{params.node!r}")
-        return True
+        return agent, collecting.locate(params.container_id, proc_root=agent.proc_root,
+                                        host_root=agent.host_root)
     if params.via == "node":
         raise NoAgent(f"no live node agent on {params.node or '(unknown node)'} ran this step, "
                       "and via: node forbids the exec fallback")
     if not (params.namespace and params.pod):
         raise NoAgent(f"no live node agent on {params.node or '(unknown node)'}, and the exec "
                       "fallback needs the pod's namespace and name")
-    return False
+    return None
 
 
 @plugin("evidence.process_tree",
@@ -143,14 +145,11 @@ def _require_agent_or_fallback(params: EvidenceParams) -> bool:
                  "flag_exe": "{{ alert.fields['proc.exepath'] | default(none) }}"},
         default_timeout=60)
 def process_tree(ctx: StepContext, params: ProcessTreeParams) -> ProcessTreeResult:
-    on_node = _require_agent_or_fallback(params)
+    on_node = _located_on_node(params)
     settings = runtime.current().settings
     limits = processes.ProcessLimits(max_processes=settings.evidence_max_processes)
     if on_node:
-        agent = runtime.current().agent
-        assert agent is not None
-        located = collecting.locate(params.container_id, proc_root=agent.proc_root,
-                                    host_root=agent.host_root)
+        agent, located = on_node
         tree = collecting.process_tree(located, proc_root=agent.proc_root,
                                        flag_pid=params.flag_pid, flag_vpid=params.flag_vpid,
                                        flag_exe=params.flag_exe, limits=limits)
@@ -191,15 +190,12 @@ def _tree_result(ctx: StepContext, tree: ProcessTree,
                  "quarantine": True},
         default_timeout=120)
 def filesystem_diff(ctx: StepContext, params: FilesystemDiffParams) -> FilesystemDiffResult:
-    on_node = _require_agent_or_fallback(params)
+    on_node = _located_on_node(params)
     settings = runtime.current().settings
     node = _collector_node(params)
     quarantined: list[ArtifactRef] = []
     if on_node:
-        agent = runtime.current().agent
-        assert agent is not None
-        located = collecting.locate(params.container_id, proc_root=agent.proc_root,
-                                    host_root=agent.host_root)
+        _, located = on_node
         limits = overlay.DiffLimits(
             max_entries=settings.evidence_max_entries,
             hash_file_max_bytes=settings.evidence_hash_file_max_bytes,

@@ -194,12 +194,12 @@ class Executor:
                now: int) -> str | None:
         """The node agent's queue for a node-routed step whose agent is alive, else None (the
         run queue: there the plug-in falls back, or fails saying why)."""
-        plugin = self.registry.get(self._spec(record).step(step_id).uses)
+        step = self._spec(record).step(step_id)
+        plugin = self.registry.get(step.uses)
         if plugin is None or not plugin.node_routed:
             return None
         try:
-            params = expressions.render(self._spec(record).step(step_id).with_,
-                                        conductor_scope(state, record.context))
+            params = expressions.render(step.with_, conductor_scope(state, record.context))
         except Exception:  # the step itself reports the bad parameters
             return None
         node = params.get("node") if isinstance(params, dict) else None

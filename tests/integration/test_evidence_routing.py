@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from responder.store import agents, runs
 from responder.workers.agent import Heartbeat
 from responder.workers.executing import Executor
 from tests.conftest import make_settings
+from tests.support.dispatching import RecordingDispatcher
 from tests.support.samples import drift_alert
 
 
@@ -30,25 +32,10 @@ def evidence_playbook(via: str = "auto") -> Playbook:
     })
 
 
-class Recording:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, ...]] = []
-
-    def start(self, run_id: str) -> None:
-        self.sent.append(("start", run_id))
-
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
-                 queue: str | None = None) -> None:
-        self.sent.append(("run_step", step_id, queue))
-
-    def notify(self, incident_id: str) -> None:
-        self.sent.append(("notify", incident_id))
-
-
 @pytest.fixture(params=["auto", "exec"])
 def setup(backend_kind: str, request: pytest.FixtureRequest) -> Iterator[
-        tuple[Backends, Executor, Recording, str]]:
-    sent = Recording()
+        tuple[Backends, Executor, RecordingDispatcher, str]]:
+    sent = RecordingDispatcher()
     backends = open_backends(make_settings(backend_kind, request),
                              planner=RunPlanner([evidence_playbook(request.param)]),
                              dispatcher=sent)
@@ -73,7 +60,7 @@ def test_a_step_goes_to_the_agent_queue_of_its_node_only_while_that_agent_beats(
     Heartbeat(backends.engine, node, interval_s=60).beat()
     _start(backends, executor, 1)
     expected = None if via == "exec" else f"evidence.{node}"
-    assert ("run_step", "tree", expected) in sent.sent
+    assert ("tree", expected) in sent.routed()
 
 
 def test_a_silent_agent_is_gone_and_its_steps_stay_on_the_run_queue(setup: Any) -> None:
@@ -82,7 +69,7 @@ def test_a_silent_agent_is_gone_and_its_steps_stay_on_the_run_queue(setup: Any) 
     assert node
     Heartbeat(backends.engine, node, interval_s=60).beat(at_ns=now_ns() - 60 * 10**9)
     _start(backends, executor, 2)
-    assert ("run_step", "tree", None) in sent.sent
+    assert ("tree", None) in sent.routed()
 
 
 def test_an_agent_that_stops_cleanly_is_withdrawn_at_once(setup: Any) -> None:
@@ -95,7 +82,7 @@ def test_an_agent_that_stops_cleanly_is_withdrawn_at_once(setup: Any) -> None:
     with backends.engine.connect() as conn:
         assert not agents.live(conn, node, now_ns=now_ns(), stale_ns=5 * 10**9)
     _start(backends, executor, 3)
-    assert ("run_step", "tree", None) in sent.sent
+    assert ("tree", None) in sent.routed()
 
 
 def test_the_beat_routes_an_unclaimed_step_again_when_its_agent_died(setup: Any) -> None:
@@ -107,14 +94,12 @@ def test_the_beat_routes_an_unclaimed_step_again_when_its_agent_died(setup: Any)
     heartbeat = Heartbeat(backends.engine, node, interval_s=60)
     heartbeat.beat()
     run_id, _ = _start(backends, executor, 4)
-    assert ("run_step", "tree", f"evidence.{node}") in sent.sent
+    assert ("tree", f"evidence.{node}") in sent.routed()
     heartbeat.beat(at_ns=1)  # the agent went away before it took the message
     sent.sent.clear()
-    import time
-
     time.sleep(0.25)  # past the dispatch grace
     assert executor.sweep()["redispatched"] == 1
-    assert ("run_step", "tree", None) in sent.sent
+    assert ("tree", None) in sent.routed()
     with backends.engine.connect() as conn:
         record = runs.load_run(conn, run_id)
     assert record is not None

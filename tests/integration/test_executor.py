@@ -16,6 +16,7 @@ from responder.plugins.registry import load_all
 from responder.store import runs
 from responder.workers.executing import Executor
 from tests.conftest import make_settings
+from tests.support.dispatching import RecordingDispatcher
 from tests.support.samples import drift_alert
 
 PLAYBOOK = Playbook.model_validate({
@@ -25,26 +26,11 @@ PLAYBOOK = Playbook.model_validate({
 })
 
 
-class Recording:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, ...]] = []
-
-    def start(self, run_id: str) -> None:
-        self.sent.append(("start", run_id))
-
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
-                 queue: str | None = None) -> None:
-        self.sent.append(("run_step", run_id, step_id, attempt))
-
-    def notify(self, incident_id: str) -> None:
-        self.sent.append(("notify", incident_id))
-
-
 @pytest.fixture
 def setup(backend_kind: str, request: pytest.FixtureRequest) -> Iterator[tuple[Backends,
                                                                                   Executor,
-                                                                                  Recording]]:
-    sent = Recording()
+                                                                                  RecordingDispatcher]]:
+    sent = RecordingDispatcher()
     backends = open_backends(make_settings(backend_kind, request),
                              planner=RunPlanner([PLAYBOOK]), dispatcher=sent)
     executor = Executor(backends.engine, load_all(), sent, grace_s=0.2)
@@ -111,7 +97,7 @@ TWO_PERSON = Playbook.model_validate({
 def test_one_person_cannot_satisfy_the_two_person_rule_under_two_names(
     backend_kind: str, request: pytest.FixtureRequest,
 ) -> None:
-    sent = Recording()
+    sent = RecordingDispatcher()
     backends = open_backends(make_settings(backend_kind, request),
                              planner=RunPlanner([TWO_PERSON]), dispatcher=sent)
     try:

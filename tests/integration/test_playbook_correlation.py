@@ -16,6 +16,7 @@ from responder.models.alerts import parse_alert
 from responder.playbooks.schema import Playbook
 from responder.store.schema import incidents, runs
 from tests.conftest import make_settings
+from tests.support.dispatching import RecordingDispatcher
 from tests.support.samples import drift_alert
 
 BY_POD = Playbook.model_validate({
@@ -29,29 +30,14 @@ OTHER = Playbook.model_validate({
 })
 
 
-class _Sent:
-    def __init__(self) -> None:
-        self.started: list[str] = []
-
-    def start(self, run_id: str) -> None:
-        self.started.append(run_id)
-
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
-                 queue: str | None = None) -> None:
-        raise AssertionError("not expected")
-
-    def notify(self, incident_id: str) -> None:
-        raise AssertionError("not expected")
-
-
 @pytest.fixture
-def sent() -> _Sent:
-    return _Sent()
+def sent() -> RecordingDispatcher:
+    return RecordingDispatcher(starts_only=True)
 
 
 @pytest.fixture
 def planned(backend_kind: str, request: pytest.FixtureRequest,
-            sent: _Sent) -> Iterator[Backends]:
+            sent: RecordingDispatcher) -> Iterator[Backends]:
     opened = open_backends(make_settings(backend_kind, request),
                            planner=RunPlanner([BY_POD, OTHER]), dispatcher=sent)
     yield opened
@@ -65,7 +51,7 @@ def _pod_alert(container: int, seq: int, rule: str | None = None) -> Any:
 
 
 def test_a_playbook_can_group_a_pods_containers_into_one_incident(
-    planned: Backends, sent: _Sent,
+    planned: Backends, sent: RecordingDispatcher,
 ) -> None:
     first = planned.recorder.record([_pod_alert(1, 1), _pod_alert(2, 1)])
     assert len(first.incidents) == 1
@@ -102,7 +88,7 @@ DROPS = Playbook.model_validate({
 
 
 def test_a_later_alert_for_another_playbook_starts_that_playbook_once(
-    backend_kind: str, request: pytest.FixtureRequest, sent: _Sent,
+    backend_kind: str, request: pytest.FixtureRequest, sent: RecordingDispatcher,
 ) -> None:
     backends = open_backends(make_settings(backend_kind, request),
                              planner=RunPlanner([DROPS, OTHER]), dispatcher=sent)

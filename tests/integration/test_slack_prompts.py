@@ -52,6 +52,7 @@ from responder.workers.executing import Executor
 from responder.workers.notifying import EVIDENCE_SHARED, build_view, sync_incident
 from tests.conftest import REDIS_URL, make_settings
 from tests.fakes.slack_api import FakeSlack
+from tests.support.dispatching import RecordingDispatcher
 from tests.support.samples import drift_alert
 
 CHANNEL = "#secops"
@@ -84,27 +85,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Recording:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, ...]] = []
-
-    def start(self, run_id: str) -> None:
-        self.sent.append(("start", run_id))
-
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
-                 queue: str | None = None) -> None:
-        self.sent.append(("run_step", run_id, step_id, attempt))
-
-    def notify(self, incident_id: str) -> None:
-        self.sent.append(("notify", incident_id))
-
-    def notified(self) -> list[str]:
-        """The notifications dispatched since the last call."""
-        out = [s[1] for s in self.sent if s[0] == "notify"]
-        self.sent = [s for s in self.sent if s[0] != "notify"]
-        return out
 
 
 @dataclass
@@ -152,7 +132,7 @@ class Worker:
 class Setup:
     backends: Backends
     executor: Executor
-    sent: Recording
+    sent: RecordingDispatcher
     slack: FakeSlack
     bucket: ChannelBucket
     worker: Worker
@@ -196,7 +176,7 @@ def buttons(message: dict[str, Any]) -> list[str]:
 
 def make_setup(kind: str, request: pytest.FixtureRequest, pb: Playbook,
                limits: SlackLimits = LIMITS) -> Iterator[Setup]:
-    sent = Recording()
+    sent = RecordingDispatcher()
     settings = make_settings(kind, request, slack_channel="#elsewhere")
     backends = open_backends(settings, planner=RunPlanner([pb]), dispatcher=sent)
     executor = Executor(backends.engine, load_all(), sent, grace_s=5)

@@ -26,6 +26,7 @@ from responder.store import suppressions as store
 from responder.store.engine import make_engine
 from responder.store.schema import runs
 from tests.conftest import REDIS_URL, make_settings
+from tests.support.dispatching import RecordingDispatcher
 from tests.support.processes import wait_for
 from tests.support.samples import drift_alert
 
@@ -38,29 +39,14 @@ DROPS = Playbook.model_validate({
 })
 
 
-class _Sent:
-    def __init__(self) -> None:
-        self.started: list[str] = []
-
-    def start(self, run_id: str) -> None:
-        self.started.append(run_id)
-
-    def run_step(self, run_id: str, step_id: str, attempt: int, timeout_s: float,
-                 queue: str | None = None) -> None:
-        raise AssertionError("not expected")
-
-    def notify(self, incident_id: str) -> None:
-        raise AssertionError("not expected")
-
-
 @pytest.fixture
-def sent() -> _Sent:
-    return _Sent()
+def sent() -> RecordingDispatcher:
+    return RecordingDispatcher(starts_only=True)
 
 
 @pytest.fixture
 def planned(backend_kind: str, request: pytest.FixtureRequest,
-            sent: _Sent) -> Iterator[Backends]:
+            sent: RecordingDispatcher) -> Iterator[Backends]:
     opened = open_backends(make_settings(backend_kind, request), planner=RunPlanner([DROPS]),
                            dispatcher=sent)
     yield opened
@@ -106,7 +92,7 @@ def stored(engine: Engine, sid: str) -> store.Suppression:
 
 
 def test_a_suppressed_alert_is_accepted_but_opens_no_incident_and_no_run(
-    planned: Backends, sent: _Sent,
+    planned: Backends, sent: RecordingDispatcher,
 ) -> None:
     made = suppress(planned.engine)
     with TestClient(create_app(planned)) as client:

@@ -1,4 +1,7 @@
-"""The Falco sample payloads from shared/samples/falco, and builders for synthetic alerts."""
+"""The Falco sample payloads from shared/samples/falco, and builders for synthetic alerts.
+
+A checkout without the shared folder beside it uses the package's own copy of the same files
+(responder/demo_alerts, which `make demo` posts); a test checks the two are identical."""
 
 from __future__ import annotations
 
@@ -13,15 +16,21 @@ def samples_dir() -> Path:
     env = os.environ.get("DRIFT_SAMPLES_DIR")
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "shared" / "samples" / "falco"
-        if candidate.is_dir():
-            return candidate
-        candidate = parent.parent / "shared" / "samples" / "falco"
-        if candidate.is_dir():
-            return candidate
-    raise RuntimeError("shared/samples/falco not found; set DRIFT_SAMPLES_DIR")
+    return shared_dir() or PACKAGED
+
+
+#: The samples as the package ships them (identical to shared/samples/falco).
+PACKAGED = Path(__file__).resolve().parents[2] / "responder" / "demo_alerts"
+
+
+def shared_dir() -> Path | None:
+    """shared/samples/falco when this checkout sits beside it."""
+    for parent in Path(__file__).resolve().parents:
+        for candidate in (parent / "shared" / "samples" / "falco",
+                          parent.parent / "shared" / "samples" / "falco"):
+            if candidate.is_dir():
+                return candidate
+    return None
 
 
 def load(name: str) -> dict[str, Any]:
