@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, Table, case, func, select, update
+from sqlalchemy import Connection, Table, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
 
 from responder.models.alerts import Alert
 from responder.models.times import format_ns
-from responder.store import audit
+from responder.store import audit, pg_bulk
 from responder.store.schema import incident_alerts, incident_rules, incidents, intake_batches
 
 INTAKE_ACTOR = "intake"
@@ -87,19 +87,22 @@ def record_groups(
         return []
     # Always lock incident rows in the same order, so concurrent PostgreSQL batches never deadlock.
     ordered = sorted(groups, key=lambda g: g.incident_id)
-    returned: dict[str, Row[Any]] = {}
     rows = [_incident_row(group, received_ns) for group in ordered]
-    for row in conn.execute(_statement(conn, "incidents"), rows):
-        returned[row.id] = row
-    new_rules = _record_rules(conn, ordered)
-    _record_samples(conn, ordered, {i: int(r.alert_count) for i, r in returned.items()},
-                    received_ns, policy)
+    rules = _rule_rows(ordered)
+    if conn.dialect.name == "postgresql":
+        returned, totals = _write_postgresql(conn, ordered, rows, rules, received_ns, policy)
+    else:
+        returned, totals = _write_generic(conn, ordered, rows, rules, received_ns, policy)
+    new_rules: dict[str, list[str]] = {}
+    for sent, total in zip(rules, totals, strict=True):
+        if total == sent["count"]:  # no count before this batch: a first sighting
+            new_rules.setdefault(sent["incident_id"], []).append(sent["rule"])
 
     outcomes: dict[str, GroupOutcome] = {}
     entries: list[audit.AuditEntry] = []
     for group in ordered:
         row = returned[group.incident_id]
-        total, n = int(row.alert_count), len(group.alerts)
+        total, n = row.alert_count, len(group.alerts)
         opened = total == n  # only the upsert that created the row saw a count of exactly n
         outcomes[group.incident_id] = GroupOutcome(group.incident_id, opened, total,
                                                    tuple(new_rules.get(group.incident_id, ())))
@@ -108,9 +111,64 @@ def record_groups(
         elif (total - row.audited_count >= policy.audit_every_alerts
               or received_ns - row.audited_at_ns >= policy.audit_every_ns):
             entries.append(_received_entry(conn, group.incident_id, total,
-                                           int(row.audited_count), received_ns))
+                                           row.audited_count, received_ns))
     audit.append(conn, entries)
     return [outcomes[g.incident_id] for g in groups]
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """An incident's counters after this batch's upsert."""
+
+    alert_count: int
+    audited_count: int
+    audited_at_ns: int
+
+
+def _write_postgresql(
+    conn: Connection, groups: Sequence[AlertGroup], rows: list[dict[str, Any]],
+    rules: list[dict[str, Any]], received_ns: int, policy: RecordingPolicy,
+) -> tuple[dict[str, _Counts], list[int]]:
+    """Three fixed ``unnest`` statements, whatever the batch (see pg_bulk)."""
+    cur = pg_bulk.cursor(conn)
+    params = pg_bulk.columns(rows, ("id", "key", "alert_count", "priority_rank",
+                                    "first_alert_id", "first_seen_ns", "last_seen_ns",
+                                    *_CONTEXT_FIELDS))
+    pg_bulk.execute(cur, pg_bulk.INCIDENTS, {
+        "received": received_ns, "id": params["id"], "key": params["key"],
+        "n": params["alert_count"], "prio": params["priority_rank"],
+        "first_id": params["first_alert_id"], "first_ns": params["first_seen_ns"],
+        "last_ns": params["last_seen_ns"],
+        **{name: params[name] for name in _CONTEXT_FIELDS}})
+    returned = {r[0]: _Counts(int(r[1]), int(r[2]), int(r[3])) for r in cur.fetchall()}
+    pg_bulk.execute(cur, pg_bulk.RULES, {
+        "incident_id": [r["incident_id"] for r in rules], "rule": [r["rule"] for r in rules],
+        "n": [r["count"] for r in rules], "prio": [r["priority_rank"] for r in rules],
+        "first_ns": [r["first_seen_ns"] for r in rules]})
+    rule_totals = {(r[0], r[1]): int(r[2]) for r in cur.fetchall()}
+    samples = _sample_rows(groups, {i: c.alert_count for i, c in returned.items()},
+                           received_ns, policy)
+    if samples:
+        columns = pg_bulk.columns(samples, ("incident_id", "slot", "ordinal", "alert_id",
+                                            "payload"))
+        pg_bulk.execute(cur, pg_bulk.SAMPLES, {"received": received_ns, **columns})
+    return returned, [rule_totals[(r["incident_id"], r["rule"])] for r in rules]
+
+
+def _write_generic(
+    conn: Connection, groups: Sequence[AlertGroup], rows: list[dict[str, Any]],
+    rules: list[dict[str, Any]], received_ns: int, policy: RecordingPolicy,
+) -> tuple[dict[str, _Counts], list[int]]:
+    """SQLAlchemy statements executed with many parameter sets (SQLite, the embedded store)."""
+    returned = {row.id: _Counts(int(row.alert_count), int(row.audited_count),
+                                int(row.audited_at_ns))
+                for row in conn.execute(_statement(conn, "incidents"), rows)}
+    totals = [int(row.total) for row in conn.execute(_statement(conn, "rules"), rules)]
+    samples = _sample_rows(groups, {i: c.alert_count for i, c in returned.items()},
+                           received_ns, policy)
+    if samples:
+        conn.execute(_statement(conn, "samples"), samples)
+    return returned, totals
 
 
 _STATEMENTS: dict[tuple[str, str], Any] = {}
@@ -218,8 +276,8 @@ def _first_known(alerts: Sequence[Alert]) -> dict[str, Any]:
     return found
 
 
-def _record_rules(conn: Connection, groups: Sequence[AlertGroup]) -> dict[str, list[str]]:
-    """Count rules per incident; returns the rules that are new to each incident."""
+def _rule_rows(groups: Sequence[AlertGroup]) -> list[dict[str, Any]]:
+    """One row per incident and rule: its count in this batch and its first sighting."""
     values: list[dict[str, Any]] = []
     for group in groups:
         counts = Counter(a.rule for a in group.alerts)
@@ -230,11 +288,7 @@ def _record_rules(conn: Connection, groups: Sequence[AlertGroup]) -> dict[str, l
             {"incident_id": group.incident_id, "rule": rule, "count": count,
              "priority_rank": int(firsts[rule].priority), "first_seen_ns": firsts[rule].time_ns}
             for rule, count in sorted(counts.items()))
-    new: dict[str, list[str]] = {}
-    for sent, row in zip(values, conn.execute(_statement(conn, "rules"), values), strict=True):
-        if int(row.total) == sent["count"]:  # no count before this batch: a first sighting
-            new.setdefault(sent["incident_id"], []).append(sent["rule"])
-    return new
+    return values
 
 
 def _rules_upsert(conn: Connection) -> Any:
@@ -251,8 +305,10 @@ def _rules_upsert(conn: Connection) -> Any:
     ).returning(r.count.label("total"), sort_by_parameter_order=True)
 
 
-def _record_samples(conn: Connection, groups: Sequence[AlertGroup], totals: dict[str, int],
-                    received_ns: int, policy: RecordingPolicy) -> None:
+def _sample_rows(groups: Sequence[AlertGroup], totals: dict[str, int], received_ns: int,
+                 policy: RecordingPolicy) -> list[dict[str, Any]]:
+    """The alerts of this batch that take a sample slot: the first N of an incident, and a ring
+    of the latest M (the highest ordinal wins a slot)."""
     values: list[dict[str, Any]] = []
     for group in groups:
         total = totals[group.incident_id]
@@ -271,8 +327,7 @@ def _record_samples(conn: Connection, groups: Sequence[AlertGroup], totals: dict
                           "alert_id": alert.alert_id, "received_ns": received_ns,
                           "payload": orjson.dumps(alert.raw).decode()}
         values.extend(rows.values())
-    if values:
-        conn.execute(_statement(conn, "samples"), values)
+    return values
 
 
 def _samples_upsert(conn: Connection) -> Any:

@@ -1,0 +1,99 @@
+"""PostgreSQL's statements for the intake's hot path: one fixed statement per table.
+
+Each statement takes one array per column and ``unnest``s it, so its text never depends on the
+row count: the server prepares it once per connection and psycopg adapts the arrays in C. Rows
+bound one by one (or as a multi-row ``VALUES`` built per batch) cost ~20 us of CPU per value in
+SQLAlchemy and psycopg, which was most of the intake's CPU (bench/PROFILE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.types.numeric import Int8Dumper
+from sqlalchemy import Connection
+
+# Unnest keeps array order; ORDER BY makes it explicit, so rows are locked in the caller's order
+# (a fixed order across concurrent batches never deadlocks).
+INCIDENTS = """
+INSERT INTO incidents AS t (id, key, status, alert_count, priority_rank, first_alert_id,
+    first_seen_ns, last_seen_ns, opened_at_ns, last_received_ns, audited_count, audited_at_ns,
+    namespace, pod, pod_uid, node, container_id, container_full_id, container_name, image)
+SELECT id, key, 'open', n, prio, first_id, first_ns, last_ns, %(received)b, %(received)b, n,
+       %(received)b, namespace, pod, pod_uid, node, container_id, container_full_id,
+       container_name, image
+FROM unnest(%(id)b::text[], %(key)b::text[], %(n)b::bigint[], %(prio)b::smallint[],
+            %(first_id)b::text[], %(first_ns)b::bigint[], %(last_ns)b::bigint[],
+            %(namespace)b::text[], %(pod)b::text[], %(pod_uid)b::text[], %(node)b::text[],
+            %(container_id)b::text[], %(container_full_id)b::text[],
+            %(container_name)b::text[], %(image)b::text[])
+     WITH ORDINALITY AS u(id, key, n, prio, first_id, first_ns, last_ns, namespace, pod,
+                          pod_uid, node, container_id, container_full_id, container_name,
+                          image, ord)
+ORDER BY ord
+ON CONFLICT (id) DO UPDATE SET
+    alert_count = t.alert_count + excluded.alert_count,
+    priority_rank = least(t.priority_rank, excluded.priority_rank),
+    first_seen_ns = least(t.first_seen_ns, excluded.first_seen_ns),
+    last_seen_ns = greatest(t.last_seen_ns, excluded.last_seen_ns),
+    last_received_ns = greatest(t.last_received_ns, excluded.last_received_ns),
+    namespace = coalesce(t.namespace, excluded.namespace),
+    pod = coalesce(t.pod, excluded.pod),
+    pod_uid = coalesce(t.pod_uid, excluded.pod_uid),
+    node = coalesce(t.node, excluded.node),
+    container_id = coalesce(t.container_id, excluded.container_id),
+    container_full_id = coalesce(t.container_full_id, excluded.container_full_id),
+    container_name = coalesce(t.container_name, excluded.container_name),
+    image = coalesce(t.image, excluded.image)
+RETURNING t.id, t.alert_count, t.audited_count, t.audited_at_ns
+"""
+
+RULES = """
+INSERT INTO incident_rules AS r (incident_id, rule, count, priority_rank, first_seen_ns)
+SELECT incident_id, rule, n, prio, first_ns
+FROM unnest(%(incident_id)b::text[], %(rule)b::text[], %(n)b::bigint[], %(prio)b::smallint[],
+            %(first_ns)b::bigint[])
+     WITH ORDINALITY AS u(incident_id, rule, n, prio, first_ns, ord)
+ORDER BY ord
+ON CONFLICT (incident_id, rule) DO UPDATE SET
+    count = r.count + excluded.count,
+    priority_rank = least(r.priority_rank, excluded.priority_rank),
+    first_seen_ns = least(r.first_seen_ns, excluded.first_seen_ns)
+RETURNING r.incident_id, r.rule, r.count
+"""
+
+SAMPLES = """
+INSERT INTO incident_alerts AS s (incident_id, slot, ordinal, alert_id, received_ns, payload)
+SELECT incident_id, slot, ordinal, alert_id, %(received)b, payload
+FROM unnest(%(incident_id)b::text[], %(slot)b::int[], %(ordinal)b::bigint[],
+            %(alert_id)b::text[], %(payload)b::text[])
+     WITH ORDINALITY AS u(incident_id, slot, ordinal, alert_id, payload, ord)
+ORDER BY ord
+ON CONFLICT (incident_id, slot) DO UPDATE SET
+    ordinal = excluded.ordinal, alert_id = excluded.alert_id,
+    received_ns = excluded.received_ns, payload = excluded.payload
+WHERE excluded.ordinal > s.ordinal
+"""
+
+
+def cursor(conn: Connection) -> psycopg.Cursor[Any]:
+    """A cursor on the SQLAlchemy connection's own psycopg connection (same transaction)."""
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):
+        raise TypeError(f"expected a psycopg connection, got {type(raw).__name__}")
+    cur = raw.cursor()
+    # Always bigint: psycopg would otherwise pick int2/int4/int8 from the values, and a change of
+    # parameter types makes the server prepare the statement again.
+    cur.adapters.register_dumper(int, Int8Dumper)
+    return cur
+
+
+def execute(cur: psycopg.Cursor[Any], statement: str, params: dict[str, Any]) -> None:
+    cur.execute(statement, params, prepare=True)
+
+
+def columns(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
+    """Rows -> one list per column (the arrays the statements unnest)."""
+    return {name: [row[name] for row in rows] for name in names}
