@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import time
@@ -15,16 +16,15 @@ from responder.models.priorities import Priority
 from responder.models.times import format_ns
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
 
 
 def new_incident_id() -> str:
     """A ULID: sortable by creation time, unique without coordination, safe in URLs and Slack."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        value, rem = divmod(value, 32)
-        chars.append(_CROCKFORD[rem])
-    return "".join(reversed(chars))
+    # 20 bytes are 32 base32 digits; the last 26 are the ULID's 130 bits (C speed: the intake
+    # draws a candidate id per key in every batch).
+    return base64.b32encode(value.to_bytes(20, "big"))[6:].translate(_FROM_RFC4648).decode()
 
 
 @dataclass(frozen=True, slots=True)

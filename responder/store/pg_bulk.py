@@ -8,73 +8,85 @@ SQLAlchemy and psycopg, which was most of the intake's CPU (bench/PROFILE.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg.types.numeric import Int8Dumper
 from sqlalchemy import Connection
 
-# Unnest keeps array order; ORDER BY makes it explicit, so rows are locked in the caller's order
-# (a fixed order across concurrent batches never deadlocks).
-INCIDENTS = """
-INSERT INTO incidents AS t (id, key, status, alert_count, priority_rank, first_alert_id,
-    first_seen_ns, last_seen_ns, opened_at_ns, last_received_ns, audited_count, audited_at_ns,
-    namespace, pod, pod_uid, node, container_id, container_full_id, container_name, image)
-SELECT id, key, 'open', n, prio, first_id, first_ns, last_ns, %(received)b, %(received)b, n,
-       %(received)b, namespace, pod, pod_uid, node, container_id, container_full_id,
-       container_name, image
-FROM unnest(%(id)b::text[], %(key)b::text[], %(n)b::bigint[], %(prio)b::smallint[],
-            %(first_id)b::text[], %(first_ns)b::bigint[], %(last_ns)b::bigint[],
-            %(namespace)b::text[], %(pod)b::text[], %(pod_uid)b::text[], %(node)b::text[],
-            %(container_id)b::text[], %(container_full_id)b::text[],
-            %(container_name)b::text[], %(image)b::text[])
-     WITH ORDINALITY AS u(id, key, n, prio, first_id, first_ns, last_ns, namespace, pod,
-                          pod_uid, node, container_id, container_full_id, container_name,
-                          image, ord)
-ORDER BY ord
-ON CONFLICT (id) DO UPDATE SET
-    alert_count = t.alert_count + excluded.alert_count,
-    priority_rank = least(t.priority_rank, excluded.priority_rank),
-    first_seen_ns = least(t.first_seen_ns, excluded.first_seen_ns),
-    last_seen_ns = greatest(t.last_seen_ns, excluded.last_seen_ns),
-    last_received_ns = greatest(t.last_received_ns, excluded.last_received_ns),
-    namespace = coalesce(t.namespace, excluded.namespace),
-    pod = coalesce(t.pod, excluded.pod),
-    pod_uid = coalesce(t.pod_uid, excluded.pod_uid),
-    node = coalesce(t.node, excluded.node),
-    container_id = coalesce(t.container_id, excluded.container_id),
-    container_full_id = coalesce(t.container_full_id, excluded.container_full_id),
-    container_name = coalesce(t.container_name, excluded.container_name),
-    image = coalesce(t.image, excluded.image)
-RETURNING t.id, t.alert_count, t.audited_count, t.audited_at_ns
-"""
-
-RULES = """
-INSERT INTO incident_rules AS r (incident_id, rule, count, priority_rank, first_seen_ns)
-SELECT incident_id, rule, n, prio, first_ns
-FROM unnest(%(incident_id)b::text[], %(rule)b::text[], %(n)b::bigint[], %(prio)b::smallint[],
-            %(first_ns)b::bigint[])
-     WITH ORDINALITY AS u(incident_id, rule, n, prio, first_ns, ord)
-ORDER BY ord
-ON CONFLICT (incident_id, rule) DO UPDATE SET
-    count = r.count + excluded.count,
-    priority_rank = least(r.priority_rank, excluded.priority_rank),
-    first_seen_ns = least(r.first_seen_ns, excluded.first_seen_ns)
-RETURNING r.incident_id, r.rule, r.count
-"""
-
-SAMPLES = """
-INSERT INTO incident_alerts AS s (incident_id, slot, ordinal, alert_id, received_ns, payload)
-SELECT incident_id, slot, ordinal, alert_id, %(received)b, payload
-FROM unnest(%(incident_id)b::text[], %(slot)b::int[], %(ordinal)b::bigint[],
-            %(alert_id)b::text[], %(payload)b::text[])
-     WITH ORDINALITY AS u(incident_id, slot, ordinal, alert_id, payload, ord)
-ORDER BY ord
-ON CONFLICT (incident_id, slot) DO UPDATE SET
-    ordinal = excluded.ordinal, alert_id = excluded.alert_id,
-    received_ns = excluded.received_ns, payload = excluded.payload
-WHERE excluded.ordinal > s.ordinal
+# One statement writes a whole batch: the incidents (counts added, context kept), their rules,
+# and the alerts that take a sample slot, which depends on each incident's count after this
+# batch (joined from the incident upsert's RETURNING). Unnest keeps array order; ORDER BY makes it
+# explicit, so rows are locked in the caller's order (a fixed order across concurrent batches
+# never deadlocks). Sample candidates are at most the first and last N alerts of each incident
+# in the batch; the slots they can take are distinct, which ON CONFLICT requires.
+RECORD = """
+WITH inc AS (
+  INSERT INTO incidents AS t (id, key, status, alert_count, priority_rank, first_alert_id,
+      first_seen_ns, last_seen_ns, opened_at_ns, last_received_ns, audited_count,
+      audited_at_ns, namespace, pod, pod_uid, node, container_id, container_full_id,
+      container_name, image)
+  SELECT id, key, 'open', n, prio, first_id, first_ns, last_ns, %(received)b, %(received)b, n,
+         %(received)b, namespace, pod, pod_uid, node, container_id, container_full_id,
+         container_name, image
+  FROM unnest(%(i_id)b::text[], %(i_key)b::text[], %(i_n)b::bigint[], %(i_prio)b::smallint[],
+              %(i_first_id)b::text[], %(i_first_ns)b::bigint[], %(i_last_ns)b::bigint[],
+              %(i_namespace)b::text[], %(i_pod)b::text[], %(i_pod_uid)b::text[],
+              %(i_node)b::text[], %(i_container_id)b::text[], %(i_container_full_id)b::text[],
+              %(i_container_name)b::text[], %(i_image)b::text[])
+       WITH ORDINALITY AS u(id, key, n, prio, first_id, first_ns, last_ns, namespace, pod,
+                            pod_uid, node, container_id, container_full_id, container_name,
+                            image, ord)
+  ORDER BY ord
+  ON CONFLICT (id) DO UPDATE SET
+      alert_count = t.alert_count + excluded.alert_count,
+      priority_rank = least(t.priority_rank, excluded.priority_rank),
+      first_seen_ns = least(t.first_seen_ns, excluded.first_seen_ns),
+      last_seen_ns = greatest(t.last_seen_ns, excluded.last_seen_ns),
+      last_received_ns = greatest(t.last_received_ns, excluded.last_received_ns),
+      namespace = coalesce(t.namespace, excluded.namespace),
+      pod = coalesce(t.pod, excluded.pod),
+      pod_uid = coalesce(t.pod_uid, excluded.pod_uid),
+      node = coalesce(t.node, excluded.node),
+      container_id = coalesce(t.container_id, excluded.container_id),
+      container_full_id = coalesce(t.container_full_id, excluded.container_full_id),
+      container_name = coalesce(t.container_name, excluded.container_name),
+      image = coalesce(t.image, excluded.image)
+  RETURNING t.id, t.alert_count, t.audited_count, t.audited_at_ns
+), rul AS (
+  INSERT INTO incident_rules AS r (incident_id, rule, count, priority_rank, first_seen_ns)
+  SELECT incident_id, rule, n, prio, first_ns
+  FROM unnest(%(r_incident_id)b::text[], %(r_rule)b::text[], %(r_n)b::bigint[],
+              %(r_prio)b::smallint[], %(r_first_ns)b::bigint[])
+       WITH ORDINALITY AS u(incident_id, rule, n, prio, first_ns, ord)
+  ORDER BY ord
+  ON CONFLICT (incident_id, rule) DO UPDATE SET
+      count = r.count + excluded.count,
+      priority_rank = least(r.priority_rank, excluded.priority_rank),
+      first_seen_ns = least(r.first_seen_ns, excluded.first_seen_ns)
+  RETURNING r.incident_id, r.rule, r.count
+), smp AS (
+  INSERT INTO incident_alerts AS s (incident_id, slot, ordinal, alert_id, received_ns, payload)
+  SELECT incident_id,
+         CASE WHEN ordinal <= %(first)b THEN ordinal - 1
+              ELSE %(first)b + mod(ordinal - %(first)b - 1, greatest(%(last)b, 1)) END,
+         ordinal, alert_id, %(received)b, payload
+  FROM (SELECT u.incident_id, inc.alert_count - u.n + u.idx + 1 AS ordinal,
+               inc.alert_count AS total, u.alert_id, u.payload, u.ord
+        FROM unnest(%(s_incident_id)b::text[], %(s_index)b::bigint[], %(s_n)b::bigint[],
+                    %(s_alert_id)b::text[], %(s_payload)b::text[])
+             WITH ORDINALITY AS u(incident_id, idx, n, alert_id, payload, ord)
+        JOIN inc ON inc.id = u.incident_id) AS c
+  WHERE ordinal <= %(first)b OR (%(last)b > 0 AND ordinal > total - %(last)b)
+  ORDER BY ord
+  ON CONFLICT (incident_id, slot) DO UPDATE SET
+      ordinal = excluded.ordinal, alert_id = excluded.alert_id,
+      received_ns = excluded.received_ns, payload = excluded.payload
+  WHERE excluded.ordinal > s.ordinal
+)
+SELECT 'i', id, NULL, alert_count, audited_count, audited_at_ns FROM inc
+UNION ALL
+SELECT 'r', incident_id, rule, count, NULL, NULL FROM rul
 """
 
 
@@ -92,8 +104,3 @@ def cursor(conn: Connection) -> psycopg.Cursor[Any]:
 
 def execute(cur: psycopg.Cursor[Any], statement: str, params: dict[str, Any]) -> None:
     cur.execute(statement, params, prepare=True)
-
-
-def columns(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
-    """Rows -> one list per column (the arrays the statements unnest)."""
-    return {name: [row[name] for row in rows] for name in names}

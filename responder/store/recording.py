@@ -129,29 +129,39 @@ def _write_postgresql(
     conn: Connection, groups: Sequence[AlertGroup], rows: list[dict[str, Any]],
     rules: list[dict[str, Any]], received_ns: int, policy: RecordingPolicy,
 ) -> tuple[dict[str, _Counts], list[int]]:
-    """Three fixed ``unnest`` statements, whatever the batch (see pg_bulk)."""
+    """One fixed statement for the whole batch (see pg_bulk.RECORD)."""
+    params: dict[str, Any] = {"received": received_ns, "first": policy.sample_first,
+                              "last": policy.sample_last}
+    for name, column in (("id", "id"), ("key", "key"), ("n", "alert_count"),
+                         ("prio", "priority_rank"), ("first_id", "first_alert_id"),
+                         ("first_ns", "first_seen_ns"), ("last_ns", "last_seen_ns"),
+                         *((f, f) for f in _CONTEXT_FIELDS)):
+        params["i_" + name] = [row[column] for row in rows]
+    for name, column in (("incident_id", "incident_id"), ("rule", "rule"), ("n", "count"),
+                         ("prio", "priority_rank"), ("first_ns", "first_seen_ns")):
+        params["r_" + name] = [rule[column] for rule in rules]
+    # Only the first and last N alerts of an incident in this batch can take a sample slot.
+    sampled: list[tuple[str, int, int, Alert]] = []
+    first, last = policy.sample_first, policy.sample_last
+    for group in groups:
+        n = len(group.alerts)
+        sampled.extend((group.incident_id, index, n, alert)
+                       for index, alert in enumerate(group.alerts)
+                       if index < first or index >= n - last)
+    params["s_incident_id"] = [s[0] for s in sampled]
+    params["s_index"] = [s[1] for s in sampled]
+    params["s_n"] = [s[2] for s in sampled]
+    params["s_alert_id"] = [s[3].alert_id for s in sampled]
+    params["s_payload"] = [orjson.dumps(s[3].raw).decode() for s in sampled]
     cur = pg_bulk.cursor(conn)
-    params = pg_bulk.columns(rows, ("id", "key", "alert_count", "priority_rank",
-                                    "first_alert_id", "first_seen_ns", "last_seen_ns",
-                                    *_CONTEXT_FIELDS))
-    pg_bulk.execute(cur, pg_bulk.INCIDENTS, {
-        "received": received_ns, "id": params["id"], "key": params["key"],
-        "n": params["alert_count"], "prio": params["priority_rank"],
-        "first_id": params["first_alert_id"], "first_ns": params["first_seen_ns"],
-        "last_ns": params["last_seen_ns"],
-        **{name: params[name] for name in _CONTEXT_FIELDS}})
-    returned = {r[0]: _Counts(int(r[1]), int(r[2]), int(r[3])) for r in cur.fetchall()}
-    pg_bulk.execute(cur, pg_bulk.RULES, {
-        "incident_id": [r["incident_id"] for r in rules], "rule": [r["rule"] for r in rules],
-        "n": [r["count"] for r in rules], "prio": [r["priority_rank"] for r in rules],
-        "first_ns": [r["first_seen_ns"] for r in rules]})
-    rule_totals = {(r[0], r[1]): int(r[2]) for r in cur.fetchall()}
-    samples = _sample_rows(groups, {i: c.alert_count for i, c in returned.items()},
-                           received_ns, policy)
-    if samples:
-        columns = pg_bulk.columns(samples, ("incident_id", "slot", "ordinal", "alert_id",
-                                            "payload"))
-        pg_bulk.execute(cur, pg_bulk.SAMPLES, {"received": received_ns, **columns})
+    pg_bulk.execute(cur, pg_bulk.RECORD, params)
+    returned: dict[str, _Counts] = {}
+    rule_totals: dict[tuple[str, str], int] = {}
+    for kind, incident_id, rule, count, audited, audited_at in cur.fetchall():
+        if kind == "i":
+            returned[incident_id] = _Counts(int(count), int(audited), int(audited_at))
+        else:
+            rule_totals[(incident_id, rule)] = int(count)
     return returned, [rule_totals[(r["incident_id"], r["rule"])] for r in rules]
 
 
