@@ -1,7 +1,7 @@
 """Intake benchmarks: a real ``drift-responder ingest`` process, load from separate processes.
 
-    .venv/bin/python bench/intake.py            # everything, full size (~4 minutes)
-    .venv/bin/python bench/intake.py --quick    # smoke test, well under a minute
+    .venv/bin/python bench/intake.py            # everything, full size (~5 minutes)
+    .venv/bin/python bench/intake.py --quick    # smoke test, ~2 minutes (the storm's prompts)
     .venv/bin/python bench/intake.py --only storm
 
 Benchmarks (targets from the issue, for one ingest process on a 2-core machine):
@@ -14,7 +14,15 @@ Benchmarks (targets from the issue, for one ingest process on a 2-core machine):
 - ``storm``: 1,000,000 alerts over 100 containers in NDJSON batches of 5,000 from a separate
   process (bench/post_batches.py); then ``incidents list --json`` must show exactly 100 incidents
   summing to 1,000,000 alerts, ``audit verify`` must pass, and the ingest's RSS must stay flat
-  (growth < 50 MB).
+  (growth < 50 MB). The stack also runs two ``drift-responder worker --pool solo`` and one
+  ``drift-responder beat`` (niced, so that the ingest comes first), with a playbook whose
+  ``slack.prompt`` step asks in Slack for the drift rule, and Slack is tests/fakes/slack_api.py's
+  FakeSlack in this process (reached by the workers' real slack_sdk client through
+  DRIFT_SLACK_API_URL). After the storm the script waits until nothing is left to do (at most
+  60 s + 2 s per incident: the default channel limit posts one new message a second after a
+  burst of 10, all in one channel) and counts the prompts the fake received: exactly 100
+  top-level ``chat.postMessage``, one per incident (digests, thread replies and ``chat.update``
+  are counted apart).
 
 Each benchmark gets a fresh throw-away PostgreSQL database and Redis key prefix (or a temporary
 SQLite data dir) and removes them afterwards. A full run of every benchmark writes its section
@@ -34,6 +42,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import secrets
 import shutil
@@ -210,14 +219,18 @@ def all_cpu_seconds() -> dict[int, tuple[str, float]]:
 
 class CpuMeter:
     """CPU used by the ingest, by the other busy processes and by the whole machine between
-    start() and stop() (to tell a CPU-bound ingest from a contended machine)."""
+    start() and stop() (to tell a CPU-bound ingest from a contended machine). ``roles`` names
+    other processes of the benchmark by pid (the storm's Celery workers, its beat, this process
+    serving the Slack fake): their shares are reported by role and are not foreign load."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, roles: dict[int, str] | None = None) -> None:
         self.pid = pid
+        self.roles = dict(roles or {})
         self.ingest_pct = 0.0
         self.machine_pct = 0.0
         self.loadgen_pct = 0.0
         self.foreign_pct = 0.0
+        self.role_pct: dict[str, float] = {}
         self.others: list[tuple[str, float]] = []
 
     def start(self) -> None:
@@ -234,19 +247,26 @@ class CpuMeter:
         cores = os.cpu_count() or 1
         self.machine_pct = 100 * cores * (busy - self._busy[0]) / max(1.0, total - self._busy[1])
         groups: dict[str, float] = {}
+        roles: dict[str, float] = {}
         for pid, (name, seconds) in all_cpu_seconds().items():
             if pid == self.pid:
                 continue
             before = self._all.get(pid)
             used = seconds - before[1] if before else seconds
+            if pid in self.roles:
+                role = self.roles[pid]
+                roles[role] = roles.get(role, 0.0) + used
+                continue
             group = name.split("/", 1)[0] if name.startswith("kworker") else name
             groups[group] = groups.get(group, 0.0) + used
+        self.role_pct = {r: 100 * s / wall for r, s in roles.items()}
         self.others = sorted(((n, 100 * s / wall) for n, s in groups.items() if s > 0),
                              key=lambda x: -x[1])[:5]
         # The load generator (wrk, post_batches.py) has exited and been reaped by now.
         self.loadgen_pct = 100 * (_children_cpu() - self._children) / wall
         ours = sum(100 * s / wall for n, s in groups.items() if n in OUR_SERVICES)
-        self.foreign_pct = max(0.0, self.machine_pct - self.ingest_pct - self.loadgen_pct - ours)
+        self.foreign_pct = max(0.0, self.machine_pct - self.ingest_pct - self.loadgen_pct - ours
+                               - sum(self.role_pct.values()))
 
     @property
     def contended(self) -> bool:
@@ -255,8 +275,9 @@ class CpuMeter:
     def describe(self) -> str:
         cores = os.cpu_count() or 1
         others = ", ".join(f"{n} {p:.0f}%" for n, p in self.others if p >= 1) or "none"
+        roles = "".join(f", {r} {p:.0f}%" for r, p in self.role_pct.items())
         return (f"ingest process CPU {self.ingest_pct:.0f}% of one core, load generator "
-                f"{self.loadgen_pct:.0f}%; whole machine {self.machine_pct:.0f}% of "
+                f"{self.loadgen_pct:.0f}%{roles}; whole machine {self.machine_pct:.0f}% of "
                 f"{cores * 100}%, of which {self.foreign_pct:.0f}% was work foreign to the "
                 f"benchmark (processes still running at the end: {others})")
 
@@ -329,27 +350,35 @@ def write_batch_bodies(path: Path, batch_size: int, bodies: int = 20) -> int:
 # ------------------------------------------------------------------------------------ backends
 
 @contextlib.contextmanager
-def production_backends(label: str) -> Iterator[dict[str, str]]:
-    """A fresh PostgreSQL database and Redis key prefix; both removed afterwards."""
+def production_backends(label: str, *, queue: bool = False) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database and Redis key prefix; both removed afterwards. With
+    ``queue``, also a Celery queue of its own (DRIFT_QUEUE): its messages, kombu bindings and
+    entries in kombu's shared ``unacked`` hash are removed afterwards too."""
     import psycopg
     import redis
 
     suffix = secrets.token_hex(4)
     dbname = f"drift_bench_{label.replace('-', '_')}_{suffix}"
     prefix = f"drift-bench-{label}-{suffix}:"
+    queue_name = f"drift-bench-{label}-{suffix}-runs"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
     db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{dbname}"
     try:
-        yield {"DRIFT_DATABASE_URL": db_url, "DRIFT_REDIS_URL": REDIS_URL,
+        env = {"DRIFT_DATABASE_URL": db_url, "DRIFT_REDIS_URL": REDIS_URL,
                "DRIFT_REDIS_PREFIX": prefix}
+        if queue:
+            env["DRIFT_QUEUE"] = queue_name
+        yield env
     finally:
+        if queue:
+            clean_queue(queue_name)
         try:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         except psycopg.Error as exc:
             say(f"  ! could not drop database {dbname}: {exc}")
-        client = redis.Redis.from_url(REDIS_URL)
+        client: Any = redis.Redis.from_url(REDIS_URL)
         try:
             deleted = 0
             batch: list[bytes] = []
@@ -364,6 +393,46 @@ def production_backends(label: str) -> Iterator[dict[str, str]]:
             say(f"  ! could not delete Redis keys {prefix}*: {exc}")
         finally:
             client.close()
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists of a Celery queue (kombu keeps one per priority step)."""
+    sep = "\x06\x16"
+    return [queue, *(f"{queue}{sep}{p}" for p in (3, 6, 9))]
+
+
+def unacked_tags(client: Any, queue: str) -> list[bytes]:
+    """Delivery tags in kombu's shared ``unacked`` hash that belong to ``queue``: tasks a
+    worker has taken but not acknowledged yet (running, or held for their countdown)."""
+    tags = []
+    for tag, raw in client.hscan_iter("unacked", count=1000):
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            _, exchange, routing_key = json.loads(raw)
+            if queue in (exchange, routing_key):
+                tags.append(tag)
+    return tags
+
+
+def clean_queue(queue: str) -> None:
+    import redis
+
+    client: Any = redis.Redis.from_url(REDIS_URL)  # sync client (the stubs union awaitables)
+    try:
+        keys = [k.encode() for k in (*queue_keys(queue), f"_kombu.binding.{queue}",
+                                     f"_kombu.binding_permanent.{queue}")]
+        keys += list(client.scan_iter(match=f"*{queue}*", count=1000))
+        unique = list(dict.fromkeys(keys))
+        for i in range(0, len(unique), 500):
+            client.delete(*unique[i:i + 500])
+        client.zrem("_kombu.binding_deadlines", queue)
+        stale = unacked_tags(client, queue)
+        if stale:
+            client.hdel("unacked", *stale)
+            client.zrem("unacked_index", *stale)
+    except redis.RedisError as exc:
+        say(f"  ! could not clean the Celery queue {queue} in Redis: {exc}")
+    finally:
+        client.close()
 
 
 @contextlib.contextmanager
@@ -637,57 +706,363 @@ def bench_http_batch(cfg: Config, report: Report, workdir: Path, profiler: Profi
                 f"{result.p99_ms:.0f} ms; {meter.describe()}")
 
 
+#: The storm's playbook: an audit note, then the Slack prompt (an approval asked in Slack), for
+#: the drift rule every storm alert carries. The note first, as the shipped drop-and-execute
+#: playbook does: its step.succeeded notifies too, so a prompt may be posted before its buttons
+#: exist and be updated in place (chat.update) once the approval is requested.
+STORM_PLAYBOOK_NAME = "bench-storm-prompt"
+STORM_RULE = "Drop and execute new binary in container"
+STORM_CHANNEL = "#drift-bench-storm"
+STORM_PLAYBOOK = f"""\
+name: {STORM_PLAYBOOK_NAME}
+description: Note the drift, then ask in Slack (the storm benchmark's prompts).
+match:
+  rules: ["{STORM_RULE}"]
+steps:
+  - id: summary
+    uses: core.note
+    with:
+      message: "{{{{ alert.rule }}}} in {{{{ incident.namespace }}}}/{{{{ incident.pod }}}}"
+  - id: ask
+    uses: slack.prompt
+    with:
+      options: [isolate, dismiss]
+      approvers: ["slack:*"]
+      expires_after_seconds: 86400
+"""
+#: Celery workers (``--pool solo``) and beat beside the storm's ingest, run at this niceness so
+#: that the ingest (and PostgreSQL, Redis) come first while the storm lasts.
+STORM_WORKERS = 2
+SERVICE_NICE = 10
+#: The prompts have settled when nothing is left to do (no Celery message of the stack queued or
+#: taken, no incident waiting in the channel's bucket, every incident's message recorded in the
+#: store) and the Slack fake has received nothing for this long.
+SETTLE_QUIET_S = 3.0
+ULID_BYTES = re.compile(rb"[0-9A-HJKMNP-TV-Z]{26}")
+
+
+def repo_on_path() -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+@dataclasses.dataclass
+class Service:
+    """A Celery worker or the beat, in a process group of its own."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM to the process group this benchmark started, then SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        else:  # the leader exited; make sure nothing of its group survives
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def tcp_ports(pid: int) -> set[int]:
+    """Local TCP ports of a process's sockets (from /proc)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@contextlib.contextmanager
+def run_services(ingest: Ingest, workers: int) -> Iterator[list[Service]]:
+    """``workers`` x ``drift-responder worker --pool solo`` and one ``drift-responder beat``
+    with the ingest's settings, niced; returns once every worker consumes the queue."""
+    import redis
+
+    env = {k: v for k, v in ingest.env.items()
+           if k not in ("SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN")}
+    nice = shutil.which("nice")
+    prefix = [nice, "-n", str(SERVICE_NICE)] if nice else []
+    services: list[Service] = []
+    workdir = ingest.log_path.parent
+
+    def start(name: str, *args: str) -> Service:
+        log_path = workdir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([*prefix, *cli_command(), "--log-level", "warning", *args],
+                                    env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        service = Service(name, proc, log_path)
+        services.append(service)
+        return service
+
+    client: Any = redis.Redis.from_url(REDIS_URL)  # sync client (the stubs union awaitables)
+    try:
+        pool = [start(f"worker{i + 1}", "worker", "--pool", "solo") for i in range(workers)]
+        start("beat", "beat")
+        deadline = time.monotonic() + 90
+        while True:
+            for s in services:
+                if s.proc.poll() is not None:
+                    raise RuntimeError(f"{s.name} exited with {s.proc.returncode}:\n{s.tail()}")
+            blocked = {int(c["addr"].rsplit(":", 1)[1]) for c in client.client_list()
+                       if c.get("cmd") in ("brpop", "blpop") and "b" in c.get("flags", "")}
+            if all(tcp_ports(w.pid) & blocked for w in pool):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the workers did not start consuming in 90 s:\n" + "\n".join(
+                    f"--- {w.name}\n{w.tail()}" for w in pool))
+            time.sleep(0.1)
+        yield services
+    except BaseException:
+        for s in services:
+            say(f"--- {s.name} (pid {s.pid}) log tail:\n{s.tail()}")
+        raise
+    finally:
+        client.close()
+        for s in reversed(services):
+            s.stop()
+
+
+@dataclasses.dataclass
+class SlackTally:
+    """What the Slack fake received, sorted out. A *prompt* is an incident's own message: a
+    successful top-level ``chat.postMessage`` (no ``thread_ts``) that is not a digest; it is
+    attributed to the storm incident whose id it names."""
+
+    prompts: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    stray: int = 0            # top-level, not a digest, naming no storm incident (or several)
+    digests: int = 0
+    digest_names: int = 0     # incident ids named by the digests, in all
+    replies: int = 0          # successful chat.postMessage in a thread
+    failed_posts: int = 0     # chat.postMessage not answered ok (none expected: no faults)
+    updates: int = 0
+    failed_updates: int = 0
+    methods: dict[str, int] = dataclasses.field(default_factory=dict)
+    pending: int = 0          # requests not answered yet
+    last_ns: int = 0          # received_ns of the latest request
+
+    @property
+    def total(self) -> int:
+        """New prompt messages in all (attributed or not)."""
+        return sum(len(v) for v in self.prompts.values()) + self.stray
+
+    @property
+    def last_prompt_ns(self) -> int:
+        return max((r.received_ns for v in self.prompts.values() for r in v), default=0)
+
+    @classmethod
+    def of(cls, requests: list[Any], incidents: set[str], digest_block_id: str) -> SlackTally:
+        tally = cls()
+        for r in requests:
+            tally.methods[r.method] = tally.methods.get(r.method, 0) + 1
+            tally.last_ns = max(tally.last_ns, r.received_ns)
+            if r.status is None:
+                tally.pending += 1
+                continue
+            if r.method == "chat.update":
+                tally.updates += 1
+                tally.failed_updates += 0 if r.ok else 1
+            if r.method != "chat.postMessage":
+                continue
+            if not r.ok:
+                tally.failed_posts += 1
+                continue
+            if r.args.get("thread_ts"):
+                tally.replies += 1
+                continue
+            named = {m.decode() for m in ULID_BYTES.findall(r.body)} & incidents
+            blocks = r.args.get("blocks")
+            if (isinstance(blocks, list) and any(isinstance(b, dict) and
+                                                 b.get("block_id") == digest_block_id
+                                                 for b in blocks)) \
+                    or digest_block_id.encode() in r.body:
+                tally.digests += 1
+                tally.digest_names += len(named)
+            elif len(named) == 1:
+                tally.prompts.setdefault(named.pop(), []).append(r)
+            else:
+                tally.stray += 1
+        return tally
+
+
+@dataclasses.dataclass
+class Settled:
+    settled: bool
+    waited_s: float           # after the storm's last answer
+    tally: SlackTally
+    incidents: dict[str, tuple[str | None, str | None]]  # id -> (chat_channel, chat_ts)
+    bucket: dict[str, int]    # the channel's counters (ratelimit.py): joined, asked, posts...
+    in_flight: int            # Celery messages of the stack queued or taken at the end
+    waiting: int              # incidents waiting in the channel's bucket at the end
+    why: str = ""
+
+
+def wait_for_prompts(slack: Any, env: dict[str, str], timeout_s: float,
+                     digest_block_id: str) -> Settled:
+    """Until the prompts settle (see SETTLE_QUIET_S) or ``timeout_s`` passes."""
+    import psycopg
+    import redis
+
+    queue, prefix = env["DRIFT_QUEUE"], env["DRIFT_REDIS_PREFIX"]
+    client: Any = redis.Redis.from_url(REDIS_URL)
+    t0 = time.monotonic()
+    last_say = t0
+    try:
+        with psycopg.connect(env["DRIFT_DATABASE_URL"], autocommit=True) as db:
+            while True:
+                rows = db.execute("SELECT id, chat_channel, chat_ts FROM incidents").fetchall()
+                incidents = {str(i): (c, t) for i, c, t in rows}
+                tally = SlackTally.of(slack.requests, set(incidents), digest_block_id)
+                raw = client.get(f"{prefix}slack:channel:{STORM_CHANNEL}")
+                state = json.loads(raw) if raw else {}
+                waiting = len(state.get("w", {}))
+                in_flight = sum(int(client.llen(k)) for k in queue_keys(queue)) + len(
+                    unacked_tags(client, queue))
+                unposted = sum(1 for _, ts in incidents.values() if not ts or ts == "posting")
+                quiet_s = (time.time_ns() - tally.last_ns) / 1e9 if tally.last_ns else 0.0
+                why = (f"{len(tally.prompts)}/{len(incidents)} incidents prompted, {unposted} "
+                       f"without a message in the store, {waiting} waiting in the channel's "
+                       f"bucket, {in_flight} Celery messages queued or taken, "
+                       f"{tally.pending} Slack calls unanswered, Slack quiet for {quiet_s:.1f} s")
+                done = (incidents and not unposted and not waiting and not in_flight
+                        and not tally.pending and quiet_s >= SETTLE_QUIET_S
+                        and set(tally.prompts) >= set(incidents))
+                waited = time.monotonic() - t0
+                if done or waited > timeout_s:
+                    bucket = {k: int(v) for k, v in state.get("n", {}).items()}
+                    return Settled(bool(done), waited, tally, incidents, bucket, in_flight,
+                                   waiting, why)
+                if time.monotonic() - last_say > 15:
+                    say(f"  ... {waited:.0f} s after the storm: {why}")
+                    last_say = time.monotonic()
+                time.sleep(0.5)
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------------- the storm
+
 def bench_storm(cfg: Config, report: Report, workdir: Path, profiler: Profiler) -> None:
+    repo_on_path()
+    from responder.plugins.notify.ratelimit import SlackLimits
+    from responder.plugins.notify.slack_blocks import DIGEST_BLOCK_ID
+    from tests.fakes.slack_api import FakeSlack
+
     name = "storm"
     total, batch = cfg.storm_total, cfg.storm_batch
+    limits = SlackLimits()  # the stack runs with the default Slack settings
     say(f"\n== {name}: {total:,} alerts over {CONTAINERS} containers, NDJSON batches of "
-        f"{batch:,} from a separate process ({cfg.storm_concurrency} connections), production")
+        f"{batch:,} from a separate process ({cfg.storm_concurrency} connections), production; "
+        f"{STORM_WORKERS} Celery workers + beat prompting in Slack (fake)")
     template = workdir / "storm.template"
     template.write_bytes(b"\n".join(alert_template_lines()))
+    playbooks = workdir / "playbooks"
+    playbooks.mkdir()
+    (playbooks / f"{STORM_PLAYBOOK_NAME}.yaml").write_text(STORM_PLAYBOOK)
     body_bytes = max(len(line) for line in alert_template_lines()) * batch + batch
-    extra = {"DRIFT_MAX_BODY_BYTES": str(max(MB, 4 * body_bytes)),
-             "DRIFT_MAX_BATCH_ALERTS": str(max(10_000, batch))}
-    with production_backends("storm") as backend_env, \
-            run_ingest(workdir, backend_env, extra) as ingest:
-        time.sleep(1.0)  # let the process settle after start-up before the "before" reading
-        rss_before, _ = rss_bytes(ingest.pid)
-        samples: list[tuple[float, int]] = []
-        stop_sampling = threading.Event()
+    with FakeSlack() as slack, production_backends("storm", queue=True) as backend_env:
+        slack.add_channel(STORM_CHANNEL)
+        extra = {"DRIFT_MAX_BODY_BYTES": str(max(MB, 4 * body_bytes)),
+                 "DRIFT_MAX_BATCH_ALERTS": str(max(10_000, batch)),
+                 "DRIFT_PLAYBOOKS_DIR": str(playbooks),
+                 "SLACK_BOT_TOKEN": str(slack.token), "DRIFT_SLACK_API_URL": slack.base_url,
+                 "DRIFT_SLACK_CHANNEL": STORM_CHANNEL}
+        with run_ingest(workdir, backend_env, extra) as ingest:
+            linted = drift_cli(ingest, "playbooks", "lint")
+            if linted.returncode != 0:
+                raise RuntimeError(f"playbooks lint failed:\n{linted.stdout}\n{linted.stderr}")
+            with run_services(ingest, STORM_WORKERS) as services:
+                time.sleep(1.0)  # settle after start-up before the "before" reading
+                rss_before, _ = rss_bytes(ingest.pid)
+                samples: list[tuple[float, int]] = []
+                stop_sampling = threading.Event()
 
-        def sample() -> None:
-            t0 = time.perf_counter()
-            while not stop_sampling.is_set():
-                with contextlib.suppress(OSError):
-                    samples.append((time.perf_counter() - t0, rss_bytes(ingest.pid)[0]))
-                stop_sampling.wait(0.5)
+                def sample() -> None:
+                    t0 = time.perf_counter()
+                    while not stop_sampling.is_set():
+                        with contextlib.suppress(OSError):
+                            samples.append((time.perf_counter() - t0,
+                                            rss_bytes(ingest.pid)[0]))
+                        stop_sampling.wait(0.5)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        meter = CpuMeter(ingest.pid)
-        meter.start()
-        expected_s = max(5, int(total / 20_000))
-        profiler.start(ingest.pid, name, expected_s)
-        client = subprocess.run(
-            [sys.executable, str(POST_BATCHES), "--url", ingest.falco_url, "--token",
-             ingest.token, "--template", str(template), "--total", str(total), "--batch",
-             str(batch), "--concurrency", str(cfg.storm_concurrency), "--run", "3"],
-            capture_output=True, text=True, timeout=3600, check=False)
-        meter.stop()
-        report.measured(meter)
-        stop_sampling.set()
-        sampler.join()
-        profiler.finish()
-        time.sleep(1.0)
-        rss_after, rss_peak = rss_bytes(ingest.pid)
-        line = next((ln for ln in client.stdout.splitlines() if ln.startswith("BENCH_JSON ")),
-                    None)
-        if line is None:
-            raise RuntimeError(f"the storm client failed ({client.returncode}):\n"
-                               f"{client.stdout}\n{client.stderr}\n{ingest.log_tail()}")
-        storm = json.loads(line.removeprefix("BENCH_JSON "))
-        stop_process(ingest.proc)  # quiesce before reading the store back
-        listed = drift_cli(ingest, "incidents", "list", "--json")
-        verified = drift_cli(ingest, "audit", "verify")
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                roles = {s.pid: "Celery workers" if s.name.startswith("worker") else "beat"
+                         for s in services}
+                roles[os.getpid()] = "this script (Slack fake)"
+                service_cpu = {s.pid: cpu_seconds(s.pid) for s in services}
+                meter = CpuMeter(ingest.pid, roles)
+                meter.start()
+                started_ns = time.time_ns()
+                expected_s = max(5, int(total / 20_000))
+                profiler.start(ingest.pid, name, expected_s)
+                client = subprocess.run(
+                    [sys.executable, str(POST_BATCHES), "--url", ingest.falco_url, "--token",
+                     ingest.token, "--template", str(template), "--total", str(total),
+                     "--batch", str(batch), "--concurrency", str(cfg.storm_concurrency),
+                     "--run", "3"],
+                    capture_output=True, text=True, timeout=3600, check=False)
+                meter.stop()
+                ended_ns = time.time_ns()
+                report.measured(meter)
+                during_cpu = {s.pid: cpu_seconds(s.pid) - service_cpu[s.pid] for s in services}
+                stop_sampling.set()
+                sampler.join()
+                profiler.finish()
+                time.sleep(1.0)
+                rss_after, rss_peak = rss_bytes(ingest.pid)
+                line = next((ln for ln in client.stdout.splitlines()
+                             if ln.startswith("BENCH_JSON ")), None)
+                if line is None:
+                    raise RuntimeError(f"the storm client failed ({client.returncode}):\n"
+                                       f"{client.stdout}\n{client.stderr}\n{ingest.log_tail()}")
+                storm = json.loads(line.removeprefix("BENCH_JSON "))
+                # Every incident's prompt is due within CONTAINERS / rate seconds of the storm's
+                # start (the channel's bucket paces them); a generous margin on top.
+                timeout_s = 60 + 2 * CONTAINERS / limits.rate_per_second
+                say(f"  storm sent in {storm['elapsed_s']:.1f} s; waiting (at most "
+                    f"{timeout_s:.0f} s) for the prompts to settle")
+                settled = wait_for_prompts(slack, ingest.env, timeout_s, DIGEST_BLOCK_ID)
+                total_cpu = {s.pid: cpu_seconds(s.pid) - service_cpu[s.pid] for s in services}
+                errors = task_errors("".join(s.log() for s in services))
+            stop_process(ingest.proc)  # quiesce before reading the store back
+            listed = drift_cli(ingest, "incidents", "list", "--json")
+            verified = drift_cli(ingest, "audit", "verify")
+        if slack.errors:
+            raise RuntimeError(f"the Slack fake failed: {slack.errors[:3]}")
+        final = SlackTally.of(slack.requests, set(settled.incidents), DIGEST_BLOCK_ID)
+        channel_messages = slack.messages(STORM_CHANNEL)
 
     rate = storm["alerts_per_s"]
     report.add(Row(f"Storm ({total:,} alerts, batches of {batch:,}): throughput",
@@ -704,6 +1079,8 @@ def bench_storm(cfg: Config, report: Report, workdir: Path, profiler: Profiler) 
                        f"{count} incidents, alert_count sum {summed:,}",
                        f"exactly {CONTAINERS}, sum {total:,}",
                        count == CONTAINERS and summed == total, timing=False))
+    report_prompts(report, final, settled, started_ns, ended_ns, channel_messages,
+                   DIGEST_BLOCK_ID)
     growth = rss_after - rss_before
     report.add(Row("Storm: ingest RSS before -> after",
                    f"{rss_before / MB:.0f} MB -> {rss_after / MB:.0f} MB "
@@ -726,9 +1103,85 @@ def bench_storm(cfg: Config, report: Report, workdir: Path, profiler: Profiler) 
                 f"{storm['batches']} requests, {storm['elapsed_s']:.1f} s, statuses "
                 f"{storm['statuses']}; per-batch latency p50 {storm['batch_p50_s'] * 1000:.0f} / "
                 f"p99 {storm['batch_p99_s'] * 1000:.0f} ms; {meter.describe()}")
+    wall = max(1e-9, (ended_ns - started_ns) / 1e9)
+    workers_during = sum(v for p, v in during_cpu.items() if roles[p] != "beat")
+    workers_total = sum(v for p, v in total_cpu.items() if roles[p] != "beat")
+    beat_total = sum(v for p, v in total_cpu.items() if roles[p] == "beat")
+    share = 100 * workers_during / wall
+    report.note(f"{name}: the {STORM_WORKERS} Celery workers (nice {SERVICE_NICE}) used "
+                f"{workers_during:.1f} CPU-s while the storm was posted ({share:.0f}% of one "
+                f"core over its {wall:.1f} s) and {workers_total:.1f} CPU-s in all until the "
+                f"prompts settled; the beat {beat_total:.1f} CPU-s; worker task errors: "
+                f"{errors or 'none'}")
     report.note(f"{name}: ingest RSS during the storm (s: MB): {trajectory}")
     for failure in storm["failures"][:5]:
         report.note(f"{name}: client failure: {failure}")
+
+
+def report_prompts(report: Report, tally: SlackTally, settled: Settled, started_ns: int,
+                   ended_ns: int, channel_messages: list[dict[str, Any]],
+                   digest_block_id: str) -> None:
+    incidents = settled.incidents
+    per_incident = {i: len(tally.prompts.get(i, [])) for i in incidents}
+    once = sum(1 for n in per_incident.values() if n == 1)
+    twice = sum(1 for n in per_incident.values() if n > 1)
+    none = sum(1 for n in per_incident.values() if n == 0)
+    met = (tally.total == CONTAINERS and len(incidents) == CONTAINERS and once == CONTAINERS
+           and settled.settled)
+    extra = [f"{tally.updates} chat.update" + (f" ({tally.failed_updates} failed)"
+                                              if tally.failed_updates else ""),
+             f"{tally.digests} digest message(s) (not counted)",
+             f"{tally.replies} thread replies"]
+    if twice or none or tally.stray:
+        extra.insert(0, f"{twice} incidents prompted more than once, {none} never, "
+                        f"{tally.stray} unattributed")
+    if tally.failed_posts:
+        extra.append(f"{tally.failed_posts} chat.postMessage refused")
+    if not settled.settled:
+        extra.append(f"NOT settled after {settled.waited_s:.0f} s: {settled.why}")
+    report.add(Row("Storm: Slack prompts (top-level chat.postMessage per incident, after the "
+                   "prompts settled)",
+                   f"{tally.total} prompts, one each for {once} of {len(incidents)} incidents; "
+                   + "; ".join(extra),
+                   f"exactly {CONTAINERS} (one per incident)", met, timing=False))
+    report.add(Row("Storm: Slack digests (extra messages naming waiting incidents; no target)",
+                   f"{tally.digests} digest(s) naming {tally.digest_names} incidents in all",
+                   timing=False))
+    last = tally.last_prompt_ns
+    if last:
+        report.add(Row("Storm: last prompt posted, after the storm's first request / after its "
+                       "last answer",
+                       f"{(last - started_ns) / 1e9:.1f} s / {(last - ended_ns) / 1e9:.1f} s"))
+    # Cross-checks: the store's message for each incident is its one prompt; the channel as the
+    # fake keeps it (after updates) holds the same top-level messages.
+    ts_of = {i: rs[0].response.get("ts") for i, rs in tally.prompts.items() if len(rs) == 1}
+    matching = sum(1 for i, (_, ts) in incidents.items() if ts and ts_of.get(i) == ts)
+    top = [m for m in channel_messages if not m.get("thread_ts") or m.get("thread_ts") == m["ts"]]
+    digests_kept = sum(1 for m in top if any(b.get("block_id") == digest_block_id
+                                             for b in m.get("blocks") or []))
+    b = settled.bucket
+    report.note(
+        f"storm prompts: settled {settled.waited_s:.1f} s after the storm's last answer "
+        f"({'nothing left to do' if settled.settled else 'TIMED OUT: ' + settled.why}); "
+        f"Slack calls {dict(sorted(tally.methods.items()))}; {matching} of {len(incidents)} "
+        f"incidents' chat_ts in the store is the ts of their one prompt; the fake's channel "
+        f"{STORM_CHANNEL} holds {len(top)} top-level messages ({len(top) - digests_kept} "
+        f"prompts, {digests_kept} digests); the channel's bucket: {b.get('joined', 0)} incidents "
+        f"queued for their first message, asked {b.get('asked', 0)} times, {b.get('posts', 0)} "
+        f"posts granted, {b.get('waits', 0)} refusals (each re-queued the notification until "
+        f"its turn), {b.get('digests', 0)} digests")
+
+TASK_ERROR = re.compile(r"Task (drift\.\w+)\[[^\]]*\] raised unexpected: (\w+)\((.*)\)\s*$",
+                        re.MULTILINE)
+
+
+def task_errors(log: str) -> dict[str, int]:
+    """'task: exception: message' -> count, from the Celery workers' logs."""
+    counts: dict[str, int] = {}
+    for task, exc, message in TASK_ERROR.findall(log):
+        key = f"{task}: {exc}: {message.strip(chr(34) + chr(39))[:160]}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _trajectory(samples: list[tuple[float, int]], points: int = 10) -> str:
@@ -769,7 +1222,7 @@ def machine_facts() -> list[tuple[str, str]]:
     try:
         import redis
 
-        client = redis.Redis.from_url(REDIS_URL)
+        client: Any = redis.Redis.from_url(REDIS_URL)
         facts.append(("Redis", str(client.info("server")["redis_version"])))
         client.close()
     except Exception as exc:
@@ -797,7 +1250,9 @@ def write_results(path: Path, cfg: Config, report: Report, facts: list[tuple[str
         f"(`make bench`) on {started:%Y-%m-%d %H:%M} UTC; benchmarks: {', '.join(ran)}.",
         "One `drift-responder ingest` process (uvicorn, one worker) on the machine below, with "
         "PostgreSQL, Redis and the load generator (wrk, or bench/post_batches.py for the storm) "
-        "sharing the same cores. Each benchmark uses a fresh database and Redis key prefix.",
+        "sharing the same cores; for the storm also two Celery workers and the beat, which post "
+        "the incidents' Slack prompts (to a local Slack fake). Each benchmark uses a fresh "
+        "database and Redis key prefix.",
         "",
     ]
     if cfg.quick:
@@ -823,6 +1278,30 @@ def write_results(path: Path, cfg: Config, report: Report, facts: list[tuple[str
         "connections (DRIFT_MAX_BODY_BYTES raised to fit them); RSS is VmRSS from "
         "/proc/<pid>/status one second after start-up (before) and one second after the last "
         "answer (after); peak is VmHWM.",
+        f"- Storm prompts: the storm's stack also runs {STORM_WORKERS} `drift-responder worker "
+        f"--pool solo` and one `drift-responder beat` (at nice {SERVICE_NICE}, so that the "
+        "ingest, PostgreSQL and Redis come first; their CPU during the storm is reported by "
+        "role and is not counted as foreign load) on its own Celery queue, started (and "
+        "consuming) before the storm; a playbook for the drift rule records a `core.note`, then "
+        "asks in Slack (`slack.prompt`, options isolate/dismiss, approvers `slack:*`); Slack is "
+        "tests/fakes/slack_api.py's FakeSlack in the benchmark process, reached by the workers' "
+        "real slack_sdk client (SLACK_BOT_TOKEN, DRIFT_SLACK_API_URL). Default Slack limits and "
+        f"one channel ({STORM_CHANNEL}, DRIFT_SLACK_CHANNEL): the channel's token bucket lets "
+        "10 new messages out at once, then one a second, oldest incident first, and posts a "
+        "digest naming the waiting incidents while more than 20 wait (at most one per 5 s), so "
+        "the 100 prompts take about 90 s from the storm's first request, partly after the storm "
+        "(the incidents are spread over no other channels on purpose: one channel is the "
+        "default and the case where the re-queued notifications could double-post). After the "
+        "last answer the script waits (at most 60 s + 2 s per incident) until nothing is left "
+        "to do: no message of the stack's queue queued or taken (kombu's `unacked`, where "
+        "notifications re-queued with a countdown wait), no incident waiting in the channel's "
+        "bucket, every incident's message (`chat_ts`) recorded in the store, and no Slack "
+        f"call for {SETTLE_QUIET_S:g} s. Counted from the fake's request log: a **prompt** is "
+        "a successful `chat.postMessage` without `thread_ts` that is not a digest (no block "
+        "`drift-digest`), attributed to the storm incident whose id it names; the row is met "
+        "when there are exactly 100 and each of the 100 incidents has exactly one. Digests, "
+        "thread replies and `chat.update` calls are counted apart; each incident's `chat_ts` "
+        "in the store is checked against the ts of its prompt.",
         "- The script measures the CPU used by everything else during each measurement; "
         + ("" if cfg.quick else "before each benchmark it waits (up to 90 s) for the machine "
            "to be idle, and it runs a benchmark again when ")
@@ -860,7 +1339,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="much smaller runs (3 s wrk runs, a 20,000-alert storm)")
+                        help="much smaller runs (3 s wrk runs, a 20,000-alert storm; the "
+                             "storm still waits ~90 s for its 100 Slack prompts)")
     parser.add_argument("--only", choices=BENCHMARKS, action="append",
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--results", type=Path, default=None,
