@@ -2,6 +2,12 @@
 
 Every change is pinned to the pod UID it was approved for, is safe to repeat, and in dry-run
 returns the exact patches and objects it would send instead of sending them.
+
+Every cluster-changing request is first written ahead to a :class:`Journal` (the step's audit
+trail, committed before the request is sent). A repeated step that finds its target already in
+the state it wants asks the journal for the requests earlier deliveries of the same step wrote
+ahead and never saw answered: when the target shows exactly such a request applied, the outcome
+names that request (``Outcome.recovered``) instead of passing the change over in silence.
 """
 
 from __future__ import annotations
@@ -9,11 +15,12 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from responder.kube import selectors
-from responder.kube.client import Blocked, Cluster, Conflict, NotFound
+from responder.kube.client import Blocked, Cluster, Conflict, KubeError, NotFound
 
 QUARANTINE_LABEL = "drift-responder.io/quarantine"
 INCIDENT_ANNOTATION = "drift-responder.io/incident"
@@ -36,14 +43,131 @@ def quarantine_policy(namespace: str) -> dict[str, Any]:
     }
 
 
+class Journal(Protocol):
+    """Where actions write ahead what they are about to send (see the module's docstring)."""
+
+    def intend(self, request: dict[str, Any], before: dict[str, Any] | None) -> None:
+        """Record, durably and before it is sent, the exact request about to be made and the
+        target's state it was decided on."""
+
+    def refused(self, error: Exception) -> None:
+        """The request last written ahead was refused by the API (a 4xx answer other than a
+        conflict): nothing was applied."""
+
+    def earlier(self) -> Sequence[Mapping[str, Any]]:
+        """Requests written ahead by this step (earlier deliveries and this one) whose outcome
+        was never recorded, newest first: mappings with ``request`` and ``before`` as given to
+        :meth:`intend`, and whatever else the journal keeps to name them."""
+
+
 @dataclass
 class Outcome:
-    """The result of an action: what happened, and the pod before and after (for the audit)."""
+    """The result of an action: what happened, and the pod before and after (for the audit).
+
+    ``recovered`` is the journal's entry of an earlier request of the same step that the target
+    shows applied, when this call found nothing left to do: the change was made by a delivery
+    that died (or lost the answer) before recording it; ``before`` is then the state that
+    request was decided on, ``after`` the state found now.
+    """
 
     status: str
     detail: dict[str, Any] = field(default_factory=dict)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    recovered: Mapping[str, Any] | None = None
+
+
+def pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods/{name}"
+
+
+def policies_path(namespace: str) -> str:
+    return f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+
+
+def node_path(node: str) -> str:
+    return f"/api/v1/nodes/{node}"
+
+
+def request(method: str, path: str, body: Any, content_type: str | None = None
+            ) -> dict[str, Any]:
+    """A request as written ahead: method, path, content type and body, exactly as sent."""
+    out: dict[str, Any] = {"method": method, "path": path, "body": copy.deepcopy(body)}
+    if content_type is not None:
+        out["content_type"] = content_type
+    return out
+
+
+#: Answers that leave a write unapplied and are not handled by the action itself (a conflict
+#: is: the action decides again, and its outcome answers the request).
+_REFUSALS = frozenset(range(400, 500)) - {409}
+
+
+def _send(cluster: Cluster, journal: Journal | None, req: dict[str, Any],
+          before: dict[str, Any] | None, what: str, method: Callable[..., Any], *args: Any,
+          **kwargs: Any) -> Any:
+    """Write the request ahead, then send it; tell the journal when the API refused it."""
+    if journal is not None:
+        journal.intend(req, before)
+    try:
+        return cluster.call(what, method, *args, **kwargs)
+    except KubeError as exc:
+        if journal is not None and exc.status in _REFUSALS:
+            journal.refused(exc)
+        raise
+
+
+def _unanswered(journal: Journal | None, method: str, path: str,
+                uid: str | None) -> Iterator[Mapping[str, Any]]:
+    """The journal's unanswered requests ``method path`` decided on the object ``uid``."""
+    if journal is None:
+        return
+    for entry in journal.earlier():
+        req = entry.get("request") or {}
+        before = entry.get("before") or {}
+        if req.get("method") == method and req.get("path") == path and \
+                (uid is None or before.get("uid") == uid):
+            yield entry
+
+
+def _shows_merge(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether ``current`` shows a JSON merge patch applied: every value set, every null
+    removed."""
+    for key, wanted in patch.items():
+        if wanted is None:
+            if key in current:
+                return False
+        elif isinstance(wanted, Mapping):
+            found = current.get(key)
+            if not isinstance(found, Mapping) or not _shows_merge(found, wanted):
+                return False
+        elif current.get(key) != wanted:
+            return False
+    return True
+
+
+def _applied_earlier(journal: Journal | None, path: str, obj: Mapping[str, Any], *,
+                     pinned: bool = True) -> Mapping[str, Any] | None:
+    """The newest unanswered merge patch of this step to ``path`` that ``obj`` shows applied
+    (decided on this very object when ``pinned``: same UID)."""
+    uid = (obj.get("metadata") or {}).get("uid") if pinned else None
+    for entry in _unanswered(journal, "PATCH", path, uid):
+        body = copy.deepcopy((entry.get("request") or {}).get("body"))
+        if not isinstance(body, dict):
+            continue
+        meta = body.get("metadata")
+        if isinstance(meta, dict):
+            meta.pop("resourceVersion", None)  # the precondition, not the change
+        if _shows_merge(obj, body):
+            return entry
+    return None
+
+
+def _recovered(status: str, detail: dict[str, Any], entry: Mapping[str, Any],
+               after: dict[str, Any] | None) -> Outcome:
+    before = entry.get("before")
+    return Outcome(status, detail, dict(before) if isinstance(before, Mapping) else None,
+                   after, recovered=entry)
 
 
 def get_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
@@ -220,7 +344,8 @@ def _again(exc: Conflict, conflicts: int, what: str) -> int:
 
 def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, now: str,
             expected_uid: str | None, strip: list[str] | None = None,
-            dry_run: bool = False, conflicts: int = 0) -> Outcome:
+            dry_run: bool = False, conflicts: int = 0,
+            journal: Journal | None = None) -> Outcome:
     found = _pinned_pod(cluster, namespace, name, expected_uid)
     if isinstance(found, Outcome):
         return found
@@ -234,12 +359,17 @@ def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, no
         if dry_run:
             return Outcome("dry_run", {"already_isolated_by": labels[QUARANTINE_LABEL],
                                        "removed_labels": removed}, before)
-        policy_state = ensure_policy(cluster, namespace)
+        policy_state = ensure_policy(cluster, namespace, journal=journal)
         detail = _isolation_detail(cluster, pod, removed)
         if policy_state == "replaced":  # reported: someone had loosened it
             detail["network_policy_state"] = policy_state
         if labels[QUARANTINE_LABEL] != incident_id:
             detail["already_isolated_by"] = labels[QUARANTINE_LABEL]
+        # The patch carries the time it was decided: a pod showing an unanswered patch of this
+        # step was isolated by it, not by another step that happened to quarantine it.
+        applied = _applied_earlier(journal, pod_path(namespace, name), pod)
+        if applied is not None:
+            return _recovered("isolated", detail, applied, summary(pod))
         return Outcome("isolated", detail, before, summary(pod))
     removed = {k: labels[k] for k in labels_to_strip(cluster, pod, strip)}
     patch = {"metadata": {
@@ -253,28 +383,33 @@ def isolate(cluster: Cluster, namespace: str, name: str, *, incident_id: str, no
         return Outcome("dry_run", {"pod_patch": patch, "patch_content_type": MERGE,
                                    "network_policy": policy, "removed_labels": removed},
                        before)
-    policy_state = ensure_policy(cluster, namespace)  # first: never labelled but unprotected
+    # First: never labelled but unprotected.
+    policy_state = ensure_policy(cluster, namespace, journal=journal)
     try:
-        after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
-                             name, namespace, patch, _content_type=MERGE)
+        after = _send(cluster, journal,
+                      request("PATCH", pod_path(namespace, name), patch, MERGE), before,
+                      f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
+                      name, namespace, patch, _content_type=MERGE)
     except Conflict as exc:
         # The pod changed between read and patch: decide again on its current state.
         return isolate(cluster, namespace, name, incident_id=incident_id, now=now,
                        expected_uid=expected_uid, strip=strip, dry_run=dry_run,
-                       conflicts=_again(exc, conflicts, f"isolate pod {namespace}/{name}"))
+                       conflicts=_again(exc, conflicts, f"isolate pod {namespace}/{name}"),
+                       journal=journal)
     detail = _isolation_detail(cluster, after, removed)
     if policy_state == "replaced":  # reported: someone had loosened it
         detail["network_policy_state"] = policy_state
     return Outcome("isolated", detail, before, summary(after))
 
 
-def ensure_policy(cluster: Cluster, namespace: str) -> str:
+def ensure_policy(cluster: Cluster, namespace: str, *, journal: Journal | None = None) -> str:
     """Create the namespace's quarantine policy, or check the existing one still denies all:
     "created", "existing", or "replaced" when someone had given it rules."""
     wanted = quarantine_policy(namespace)
     try:
-        cluster.call(f"create networkpolicy {namespace}/{POLICY_NAME}",
-                     cluster.networking.create_namespaced_network_policy, namespace, wanted)
+        _send(cluster, journal, request("POST", policies_path(namespace), wanted), None,
+              f"create networkpolicy {namespace}/{POLICY_NAME}",
+              cluster.networking.create_namespaced_network_policy, namespace, wanted)
         return "created"
     except Conflict:
         current = cluster.call(f"get networkpolicy {namespace}/{POLICY_NAME}",
@@ -286,7 +421,9 @@ def ensure_policy(cluster: Cluster, namespace: str) -> str:
                 spec.get("podSelector") != wanted["spec"]["podSelector"]:
             replacement = {**wanted, "metadata": {**wanted["metadata"], "resourceVersion":
                                                   current["metadata"]["resourceVersion"]}}
-            cluster.call(f"replace networkpolicy {namespace}/{POLICY_NAME}",
+            _send(cluster, journal,
+                  request("PUT", f"{policies_path(namespace)}/{POLICY_NAME}", replacement),
+                  None, f"replace networkpolicy {namespace}/{POLICY_NAME}",
                          cluster.networking.replace_namespaced_network_policy, POLICY_NAME,
                          namespace, replacement)
             return "replaced"
@@ -317,7 +454,8 @@ def _isolation_detail(cluster: Cluster, pod: dict[str, Any],
 
 
 def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
-            dry_run: bool = False, conflicts: int = 0) -> Outcome:
+            dry_run: bool = False, conflicts: int = 0,
+            journal: Journal | None = None) -> Outcome:
     found = _pinned_pod(cluster, namespace, name, expected_uid)
     if isinstance(found, Outcome):
         return found
@@ -325,6 +463,14 @@ def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | 
     labels = pod["metadata"].get("labels") or {}
     annotations = pod["metadata"].get("annotations") or {}
     if QUARANTINE_LABEL not in labels:
+        applied = None if dry_run else _applied_earlier(journal, pod_path(namespace, name), pod)
+        if applied is not None:
+            body = (applied.get("request") or {}).get("body") or {}
+            restored_labels = {k: v for k, v in (body.get("metadata", {}).get("labels") or {})
+                               .items() if v is not None}
+            return _recovered("released", {"pod": name, "namespace": namespace,
+                                           "restored_labels": restored_labels},
+                              applied, before)
         return Outcome("not_isolated", {"pod": name, "namespace": namespace}, before, before)
     restored = json.loads(annotations.get(ORIGINAL_LABELS_ANNOTATION, "{}"))
     patch = {"metadata": {
@@ -335,20 +481,49 @@ def release(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | 
     if dry_run:
         return Outcome("dry_run", {"pod_patch": patch, "patch_content_type": MERGE}, before)
     try:
-        after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
-                             name, namespace, patch, _content_type=MERGE)
+        after = _send(cluster, journal,
+                      request("PATCH", pod_path(namespace, name), patch, MERGE), before,
+                      f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
+                      name, namespace, patch, _content_type=MERGE)
     except Conflict as exc:
         return release(cluster, namespace, name, expected_uid=expected_uid, dry_run=dry_run,
-                       conflicts=_again(exc, conflicts, f"release pod {namespace}/{name}"))
+                       conflicts=_again(exc, conflicts, f"release pod {namespace}/{name}"),
+                       journal=journal)
     return Outcome("released", {"pod": name, "namespace": namespace,
                                 "restored_labels": restored}, before, summary(after))
 
 
+def _removed_earlier(journal: Journal | None, found: Outcome, *, method: str, path: str,
+                     namespace: str, name: str, expected_uid: str | None,
+                     status: str) -> Outcome:
+    """``found`` ends an eviction or deletion (the pod is gone, or another pod has its name):
+    when an unanswered request of this step removed that very pod, say so."""
+    if found.status not in ("already_gone", "target_changed"):
+        return found
+    for entry in _unanswered(journal, method, path, expected_uid):
+        removed = (entry.get("before") or {}).get("uid")
+        if found.status == "target_changed" and found.detail.get("found_uid") == removed:
+            continue  # that pod is still there: the request did not remove it
+        body = (entry.get("request") or {}).get("body") or {}
+        options = body.get("deleteOptions", body) if isinstance(body, dict) else {}
+        return _recovered(status, {"pod": name, "namespace": namespace,
+                                   "grace_period_s": options.get("gracePeriodSeconds")},
+                          entry, {"namespace": namespace, "name": name, "uid": removed,
+                                  "gone": True})
+    return found
+
+
 def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
-          grace_period_s: int | None = None, dry_run: bool = False) -> Outcome:
+          grace_period_s: int | None = None, dry_run: bool = False,
+          journal: Journal | None = None) -> Outcome:
     found = _pinned_pod(cluster, namespace, name, expected_uid)
     if isinstance(found, Outcome):
-        return found
+        if dry_run:
+            return found
+        return _removed_earlier(journal, found, method="POST",
+                                path=f"{pod_path(namespace, name)}/eviction",
+                                namespace=namespace, name=name, expected_uid=expected_uid,
+                                status="evicted")
     pod, before = found
     delete_options: dict[str, Any] = {"preconditions": {"uid": pod["metadata"]["uid"]}}
     if grace_period_s is not None:
@@ -359,8 +534,9 @@ def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | No
     if dry_run:
         return Outcome("dry_run", {"eviction": body}, before)
     try:
-        cluster.call(f"evict pod {namespace}/{name}",
-                     cluster.core.create_namespaced_pod_eviction, name, namespace, body)
+        _send(cluster, journal, request("POST", f"{pod_path(namespace, name)}/eviction", body),
+              before, f"evict pod {namespace}/{name}",
+              cluster.core.create_namespaced_pod_eviction, name, namespace, body)
     except NotFound:
         return Outcome("already_gone", {"pod": name, "namespace": namespace}, before)
     except Conflict as exc:
@@ -376,18 +552,24 @@ def evict(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | No
 
 
 def delete(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | None,
-           grace_period_s: int = 0, dry_run: bool = False) -> Outcome:
+           grace_period_s: int = 0, dry_run: bool = False,
+           journal: Journal | None = None) -> Outcome:
     found = _pinned_pod(cluster, namespace, name, expected_uid)
     if isinstance(found, Outcome):
-        return found
+        if dry_run:
+            return found
+        return _removed_earlier(journal, found, method="DELETE",
+                                path=pod_path(namespace, name), namespace=namespace,
+                                name=name, expected_uid=expected_uid, status="deleted")
     pod, before = found
     options = {"gracePeriodSeconds": grace_period_s,
                "preconditions": {"uid": pod["metadata"]["uid"]}}
     if dry_run:
         return Outcome("dry_run", {"delete_options": options}, before)
     try:
-        cluster.call(f"delete pod {namespace}/{name}", cluster.core.delete_namespaced_pod,
-                     name, namespace, body=options)
+        _send(cluster, journal, request("DELETE", pod_path(namespace, name), options), before,
+              f"delete pod {namespace}/{name}", cluster.core.delete_namespaced_pod,
+              name, namespace, body=options)
     except NotFound:
         return Outcome("already_gone", {"pod": name, "namespace": namespace}, before)
     except Conflict as exc:
@@ -399,7 +581,8 @@ def delete(cluster: Cluster, namespace: str, name: str, *, expected_uid: str | N
 
 def set_metadata(cluster: Cluster, namespace: str, name: str, *, field_name: str,
                  values: dict[str, str | None], expected_uid: str | None,
-                 dry_run: bool = False, conflicts: int = 0) -> Outcome:
+                 dry_run: bool = False, conflicts: int = 0,
+                 journal: Journal | None = None) -> Outcome:
     """Merge labels or annotations (None removes a key)."""
     found = _pinned_pod(cluster, namespace, name, expected_uid)
     if isinstance(found, Outcome):
@@ -407,32 +590,44 @@ def set_metadata(cluster: Cluster, namespace: str, name: str, *, field_name: str
     pod, before = found
     current = pod["metadata"].get(field_name) or {}
     if all(current.get(k) == v for k, v in values.items()):
+        applied = None if dry_run else _applied_earlier(journal, pod_path(namespace, name), pod)
+        if applied is not None:
+            return _recovered("updated", {field_name: copy.deepcopy(values)}, applied, before)
         return Outcome("unchanged", {field_name: copy.deepcopy(values)}, before, before)
     patch = {"metadata": {"resourceVersion": pod["metadata"]["resourceVersion"],
                           field_name: values}}
     if dry_run:
         return Outcome("dry_run", {"pod_patch": patch, "patch_content_type": MERGE}, before)
     try:
-        after = cluster.call(f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
-                             name, namespace, patch, _content_type=MERGE)
+        after = _send(cluster, journal,
+                      request("PATCH", pod_path(namespace, name), patch, MERGE), before,
+                      f"patch pod {namespace}/{name}", cluster.core.patch_namespaced_pod,
+                      name, namespace, patch, _content_type=MERGE)
     except Conflict as exc:
         return set_metadata(cluster, namespace, name, field_name=field_name, values=values,
                             expected_uid=expected_uid, dry_run=dry_run,
                             conflicts=_again(exc, conflicts,
-                                             f"update pod {namespace}/{name} {field_name}"))
+                                             f"update pod {namespace}/{name} {field_name}"),
+                            journal=journal)
     return Outcome("updated", {field_name: copy.deepcopy(values)}, before, summary(after))
 
 
-def cordon(cluster: Cluster, node: str, *, dry_run: bool = False) -> Outcome:
+def cordon(cluster: Cluster, node: str, *, dry_run: bool = False,
+           journal: Journal | None = None) -> Outcome:
     current = cluster.call(f"get node {node}", cluster.core.read_node, node)
     before = {"name": node, "unschedulable": bool(current.get("spec", {}).get("unschedulable"))}
     if before["unschedulable"]:
+        applied = None if dry_run else _applied_earlier(journal, node_path(node), current,
+                                                        pinned=False)
+        if applied is not None:
+            return _recovered("cordoned", {"node": node}, applied, before)
         return Outcome("already_cordoned", {"node": node}, before, before)
     patch = {"spec": {"unschedulable": True}}
     if dry_run:
         return Outcome("dry_run", {"node_patch": patch, "patch_content_type": MERGE}, before)
-    after = cluster.call(f"cordon node {node}", cluster.core.patch_node, node, patch,
-                         _content_type=MERGE)
+    after = _send(cluster, journal, request("PATCH", node_path(node), patch, MERGE), before,
+                  f"cordon node {node}", cluster.core.patch_node, node, patch,
+                  _content_type=MERGE)
     return Outcome("cordoned", {"node": node}, before,
                    {"name": node, "unschedulable": bool(after.get("spec", {})
                                                         .get("unschedulable"))})

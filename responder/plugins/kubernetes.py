@@ -1,15 +1,25 @@
 """Kubernetes plug-ins: enrichment (pod_context) and actions (isolate, release, evict, delete,
 label, annotate, cordon). Each declares the RBAC it needs; `drift-responder rbac` prints the sum.
+
+The actions' audit records: ``kubernetes.intent`` before every cluster-changing request, written
+ahead and committed on its own (run, step, attempt, action, target, the exact request, the
+target's state it was decided on); then, with the step's result, ``kubernetes.before`` and
+``kubernetes.after`` naming the intents they answer, or ``kubernetes.failed`` when the API
+refused a request. A worker can die between a request and the commit of its result: the step's
+next delivery finds the target already changed, finds the unanswered intent the target shows
+applied, and records ``kubernetes.before``/``after`` with ``recovered: true`` and that intent's
+seq — so the trail says which step changed the pod, even across the crash.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from responder.kube import pods
-from responder.kube.client import NotFound
+from responder.kube.client import KubeError, NotFound
 from responder.models.times import format_ns, now_ns
 from responder.plugins import runtime
 from responder.plugins.registry import RbacRule, StepContext, plugin
@@ -62,12 +72,95 @@ def _guard(target: PodTarget) -> bool:
     return settings.dry_run if target.dry_run is None else target.dry_run
 
 
-def _record(ctx: StepContext, action: str, outcome: pods.Outcome, dry_run: bool) -> ActionResult:
+INTENT = "kubernetes.intent"
+#: Records that answer intents (by ``intents``: this delivery's, or ``intent``: recovered).
+ANSWERS = ("kubernetes.before", "kubernetes.after", "kubernetes.failed")
+RECOVERED_NOTE = ("applied by an earlier request of this step whose outcome was never recorded "
+                  "(its attempt died or failed before recording it)")
+
+
+class StepJournal:
+    """The step's audit trail as the :class:`pods.Journal` of one action: intents are written
+    ahead through the step context; ``earlier`` reads back this step's intents for the same
+    action that no record answers yet."""
+
+    def __init__(self, ctx: StepContext, action: str, target: Mapping[str, Any]) -> None:
+        self.ctx = ctx
+        self.action = action
+        self.target = dict(target)
+        #: seqs of the intents this delivery wrote, answered by the records of its result.
+        self.written: list[int] = []
+        #: ... and of those the API refused (nothing applied).
+        self.refusals: list[int] = []
+
+    def intend(self, request: dict[str, Any], before: dict[str, Any] | None) -> None:
+        target = dict(self.target)
+        if before is not None and before.get("uid"):
+            target["uid"] = before["uid"]
+        self.written.append(self.ctx.intend(INTENT, {
+            "action": self.action, "target": target, "request": request, "before": before}))
+
+    def refused(self, error: Exception) -> None:
+        if self.written and self.written[-1] not in self.refusals:
+            self.refusals.append(self.written[-1])
+
+    def earlier(self) -> Sequence[Mapping[str, Any]]:
+        recalled = self.ctx.recall((INTENT, *ANSWERS))
+        answered: set[int] = set()
+        for entry in recalled:
+            if entry.kind != INTENT:
+                answered.update(int(s) for s in entry.data.get("intents") or ())
+                if entry.data.get("intent") is not None:
+                    answered.add(int(entry.data["intent"]))
+        return [{**entry.data, "seq": entry.seq} for entry in reversed(recalled)
+                if entry.kind == INTENT and entry.seq not in answered
+                and entry.data.get("action") == self.action]
+
+
+def _act(ctx: StepContext, journal: StepJournal,
+         call: Callable[[], pods.Outcome]) -> pods.Outcome:
+    """Run the action. When it fails, the requests the API refused (nothing applied) are
+    answered by ``kubernetes.failed``, so that no later delivery takes them for changes it
+    made; the others stay unanswered: the API may have applied them before the failure."""
+    try:
+        return call()
+    except KubeError as exc:
+        if journal.refusals:
+            ctx.audit("kubernetes.failed", {"action": journal.action,
+                                            "intents": list(journal.refusals),
+                                            "status": exc.status, "error": str(exc)[:1000]})
+        raise
+
+
+def _record(ctx: StepContext, action: str, outcome: pods.Outcome, dry_run: bool,
+            journal: StepJournal | None = None) -> ActionResult:
+    answers: dict[str, Any] = {"intents": list(journal.written)} \
+        if journal is not None and journal.written else {}
+    if outcome.recovered is not None:
+        # Nothing left to do because an earlier delivery did it and died before recording it:
+        # record that change now, as that delivery would have, naming its intent.
+        earlier = outcome.recovered
+        recovered = {"recovered": True, "intent": earlier.get("seq"), "note": RECOVERED_NOTE,
+                     **{f"intent_{k}": earlier[k] for k in ("attempt", "worker")
+                        if earlier.get(k) is not None}}
+        ctx.audit("kubernetes.before", {"action": action, "state": outcome.before,
+                                        **recovered, **answers})
+        ctx.audit("kubernetes.after", {"action": action, "state": outcome.after,
+                                       **recovered, **answers})
+        detail = {**outcome.detail, "recovered": {
+            "intent": earlier.get("seq"), "attempt": earlier.get("attempt"),
+            "note": RECOVERED_NOTE}}
+        return ActionResult(status=outcome.status, dry_run=dry_run, detail=detail)
     if outcome.before is not None:
-        ctx.audit("kubernetes.before", {"action": action, "state": outcome.before})
+        ctx.audit("kubernetes.before", {"action": action, "state": outcome.before, **answers})
     if outcome.after is not None and outcome.after != outcome.before:
-        ctx.audit("kubernetes.after", {"action": action, "state": outcome.after})
+        ctx.audit("kubernetes.after", {"action": action, "state": outcome.after, **answers})
     return ActionResult(status=outcome.status, dry_run=dry_run, detail=outcome.detail)
+
+
+def _journal(ctx: StepContext, action: str, target: PodTarget) -> StepJournal:
+    return StepJournal(ctx, action, {"namespace": target.namespace, "pod": target.pod,
+                                     "uid": target.uid})
 
 
 class ContextParams(_Params):
@@ -137,11 +230,12 @@ def isolate(ctx: StepContext, params: IsolateParams) -> ActionResult:
     settings = runtime.current().settings
     configured = params.strip_labels or [k.strip() for k in
                                          settings.isolate_strip_labels.split(",") if k.strip()]
-    outcome = pods.isolate(runtime.current().cluster(), params.namespace, params.pod,
-                           incident_id=str(ctx.incident.get("id", "manual")),
-                           now=format_ns(now_ns()), expected_uid=params.uid,
-                           strip=configured or None, dry_run=dry_run)
-    return _record(ctx, "isolate", outcome, dry_run)
+    journal = _journal(ctx, "isolate", params)
+    outcome = _act(ctx, journal, lambda: pods.isolate(
+        runtime.current().cluster(), params.namespace, params.pod,
+        incident_id=str(ctx.incident.get("id", "manual")), now=format_ns(now_ns()),
+        expected_uid=params.uid, strip=configured or None, dry_run=dry_run, journal=journal))
+    return _record(ctx, "isolate", outcome, dry_run, journal)
 
 
 @plugin("kubernetes.release",
@@ -153,9 +247,11 @@ def isolate(ctx: StepContext, params: IsolateParams) -> ActionResult:
         default_timeout=30)
 def release(ctx: StepContext, params: PodTarget) -> ActionResult:
     dry_run = _guard(params)
-    outcome = pods.release(runtime.current().cluster(), params.namespace, params.pod,
-                           expected_uid=params.uid, dry_run=dry_run)
-    return _record(ctx, "release", outcome, dry_run)
+    journal = _journal(ctx, "release", params)
+    outcome = _act(ctx, journal, lambda: pods.release(
+        runtime.current().cluster(), params.namespace, params.pod, expected_uid=params.uid,
+        dry_run=dry_run, journal=journal))
+    return _record(ctx, "release", outcome, dry_run, journal)
 
 
 class EvictParams(PodTarget):
@@ -173,10 +269,11 @@ class EvictParams(PodTarget):
         default_timeout=60)
 def evict(ctx: StepContext, params: EvictParams) -> ActionResult:
     dry_run = _guard(params)
-    outcome = pods.evict(runtime.current().cluster(), params.namespace, params.pod,
-                         expected_uid=params.uid, grace_period_s=params.grace_period_seconds,
-                         dry_run=dry_run)
-    return _record(ctx, "evict", outcome, dry_run)
+    journal = _journal(ctx, "evict", params)
+    outcome = _act(ctx, journal, lambda: pods.evict(
+        runtime.current().cluster(), params.namespace, params.pod, expected_uid=params.uid,
+        grace_period_s=params.grace_period_seconds, dry_run=dry_run, journal=journal))
+    return _record(ctx, "evict", outcome, dry_run, journal)
 
 
 class DeleteParams(PodTarget):
@@ -194,10 +291,11 @@ class DeleteParams(PodTarget):
         default_timeout=60)
 def delete(ctx: StepContext, params: DeleteParams) -> ActionResult:
     dry_run = _guard(params)
-    outcome = pods.delete(runtime.current().cluster(), params.namespace, params.pod,
-                          expected_uid=params.uid, grace_period_s=params.grace_period_seconds,
-                          dry_run=dry_run)
-    return _record(ctx, "delete", outcome, dry_run)
+    journal = _journal(ctx, "delete", params)
+    outcome = _act(ctx, journal, lambda: pods.delete(
+        runtime.current().cluster(), params.namespace, params.pod, expected_uid=params.uid,
+        grace_period_s=params.grace_period_seconds, dry_run=dry_run, journal=journal))
+    return _record(ctx, "delete", outcome, dry_run, journal)
 
 
 class MetadataParams(PodTarget):
@@ -207,10 +305,11 @@ class MetadataParams(PodTarget):
 def _metadata(field_name: str) -> Any:
     def run(ctx: StepContext, params: MetadataParams) -> ActionResult:
         dry_run = _guard(params)
-        outcome = pods.set_metadata(runtime.current().cluster(), params.namespace, params.pod,
-                                    field_name=field_name, values=params.values,
-                                    expected_uid=params.uid, dry_run=dry_run)
-        return _record(ctx, field_name, outcome, dry_run)
+        journal = _journal(ctx, field_name, params)
+        outcome = _act(ctx, journal, lambda: pods.set_metadata(
+            runtime.current().cluster(), params.namespace, params.pod, field_name=field_name,
+            values=params.values, expected_uid=params.uid, dry_run=dry_run, journal=journal))
+        return _record(ctx, field_name, outcome, dry_run, journal)
 
     return run
 
@@ -240,10 +339,8 @@ class CordonParams(_Params):
 def cordon(ctx: StepContext, params: CordonParams) -> ActionResult:
     settings = runtime.current().settings
     dry_run = settings.dry_run if params.dry_run is None else params.dry_run
-    outcome = pods.cordon(runtime.current().cluster(), params.node, dry_run=dry_run)
-    if outcome.before is not None:
-        ctx.audit("kubernetes.before", {"action": "cordon", "state": outcome.before})
-    if outcome.after is not None and outcome.after != outcome.before:
-        ctx.audit("kubernetes.after", {"action": "cordon", "state": outcome.after})
-    return ActionResult(status=outcome.status, dry_run=dry_run, detail=outcome.detail)
+    journal = StepJournal(ctx, "cordon", {"node": params.node})
+    outcome = _act(ctx, journal, lambda: pods.cordon(
+        runtime.current().cluster(), params.node, dry_run=dry_run, journal=journal))
+    return _record(ctx, "cordon", outcome, dry_run, journal)
 

@@ -8,7 +8,7 @@ group (each entry point names a module to import) or ``DRIFT_PLUGIN_MODULES``.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, TypeVar
@@ -39,11 +39,31 @@ class StepContext(Protocol):
     def audit(self, kind: str, data: dict[str, Any]) -> None:
         """Record an audit entry in the same transaction as the step's result."""
 
+    def intend(self, kind: str, data: dict[str, Any]) -> int:
+        """Write ahead: append an audit entry now, committed in its own transaction, before
+        an effect a crash could otherwise leave unrecorded (a request about to change the
+        cluster). Returns the entry's reference (its ``seq`` in the audit trail)."""
+
+    def recall(self, kinds: Collection[str]) -> list[Recalled]:
+        """Committed audit entries of these kinds recorded by this step of this run (any
+        attempt, any delivery, this one's written-ahead entries included), oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """An audit entry a step recorded earlier: its reference (``seq``), kind and data."""
+
+    seq: int
+    kind: str
+    data: Mapping[str, Any]
+
 
 @dataclass
 class RecordingContext:
     """A StepContext that keeps the audit entries a plug-in records, for the caller to commit
-    together with the step's result (or to show, in a rehearsal)."""
+    together with the step's result (or to show, in a rehearsal). Written-ahead entries are
+    kept apart, in ``intended``, numbered from 1: the caller commits nothing ahead, so
+    ``recall`` knows only those."""
 
     run_id: str
     step_id: str
@@ -51,9 +71,18 @@ class RecordingContext:
     incident: Mapping[str, Any]
     alert: Mapping[str, Any]
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    intended: list[Recalled] = field(default_factory=list)
 
     def audit(self, kind: str, data: dict[str, Any]) -> None:
         self.records.append((kind, data))
+
+    def intend(self, kind: str, data: dict[str, Any]) -> int:
+        entry = Recalled(len(self.intended) + 1, kind, data)
+        self.intended.append(entry)
+        return entry.seq
+
+    def recall(self, kinds: Collection[str]) -> list[Recalled]:
+        return [e for e in self.intended if e.kind in kinds]
 
 
 P = TypeVar("P", bound=BaseModel)

@@ -7,7 +7,7 @@ the lock or fails on the key and retries. Nothing here updates or deletes an aud
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,10 +65,14 @@ def append(conn: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]
 
 
 def iter_records(conn: Connection, incident_id: str | None = None,
-                 batch: int = 1000) -> Iterator[AuditRecord]:
+                 batch: int = 1000, *, kinds: Collection[str] | None = None
+                 ) -> Iterator[AuditRecord]:
+    """Records oldest first: all, or an incident's; only of ``kinds`` when given."""
     query = select(audit_log).order_by(audit_log.c.seq)
     if incident_id is not None:
         query = query.where(audit_log.c.incident_id == incident_id)
+    if kinds is not None:
+        query = query.where(audit_log.c.kind.in_(list(kinds)))
     result = conn.execution_options(yield_per=batch).execute(query)
     for row in result:
         yield AuditRecord(row.seq, row.time, row.incident_id, row.actor, row.kind,

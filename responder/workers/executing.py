@@ -6,7 +6,8 @@ requests are saved with a compare-and-set on the run's version. Work for other p
 dispatched only after the commit; whatever a crash loses between the two, the beat's sweep finds
 (pending runs, expired leases) and dispatches again. A step's plug-in runs outside the
 transaction, and its own audit records are buffered and committed with its result, so that a
-killed worker leaves no half-recorded effect.
+killed worker leaves no half-recorded effect; what it writes ahead of a cluster change (an
+intent) is committed at once instead (see ``journaling``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from responder.conducting.state import RETRY_WAIT, RUNNING, WAITING, RunState
 from responder.models.times import format_ns, now_ns
 from responder.playbooks import expressions
 from responder.playbooks.schema import Playbook
-from responder.plugins.registry import Plugin, RecordingContext, Registry
+from responder.plugins.registry import Plugin, Registry
 from responder.store import agents, artifacts, audit, runs
+from responder.workers.journaling import CommittingContext
 
 log = structlog.get_logger("drift.worker")
 NS = 1_000_000_000
@@ -247,13 +249,19 @@ class Executor:
             step = playbook.step(step_id)
             plugin = self.registry.get(step.uses)
             timeout = step.timeout or (plugin.default_timeout if plugin else 60.0)
+            owner = self.owner
             if not runs.claim_lease(conn, run_id=run_id, step_id=step_id, attempt=attempt,
-                                    owner=self.owner, now_ns=now,
+                                    owner=owner, now_ns=now,
                                     deadline_ns=now + int(timeout * NS) + self.grace_ns):
                 return "held elsewhere"
         scope = conductor_scope(RunState.from_json(record.state), record.context)
-        ctx = RecordingContext(run_id, step_id, attempt, record.context.get("incident", {}),
-                               record.context.get("alert", {}))
+        # Written-ahead entries (intents) are stamped like the effects below, and name the
+        # delivery: two deliveries of one attempt are told apart by their worker.
+        ctx = CommittingContext(
+            run_id, step_id, attempt, record.context.get("incident", {}),
+            record.context.get("alert", {}), engine=self.engine, actor="worker",
+            incident_id=record.incident_id,
+            stamp={"run": run_id, "step": step_id, "attempt": attempt, "worker": owner})
         event: ev.Event
         try:
             if plugin is None:

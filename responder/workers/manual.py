@@ -1,7 +1,8 @@
 """Manual pod actions (isolate, release, evict): the one code path behind
 ``drift-responder pods ...`` and Slack's ``/drift`` commands. The same plug-ins as playbooks, the
-same audit records (the plug-in's ``kubernetes.before``/``after`` and ``manual.<action>``), with
-the actor the caller names (``cli:<user>``, ``slack:<user id>``)."""
+same audit records (the plug-in's ``kubernetes.intent``, written ahead, ``kubernetes.before``/
+``after`` and ``manual.<action>``), with the actor the caller names (``cli:<user>``,
+``slack:<user id>``)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from sqlalchemy import Engine
 from responder.kube.client import KubeError
 from responder.plugins import runtime
 from responder.plugins.kubernetes import ProtectedNamespace
-from responder.plugins.registry import RecordingContext, load_all
+from responder.plugins.registry import load_all
 from responder.settings import Settings
 from responder.store import audit
+from responder.workers.journaling import CommittingContext
 
 ACTIONS = ("isolate", "release", "evict")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -54,7 +56,10 @@ def run_pod_action(settings: Settings, engine: Engine, action: str, target: str,
     if runtime.current().settings is not settings:
         runtime.install(settings)
     plugin = load_all(settings.plugin_module_list)[f"kubernetes.{action}"]
-    step = RecordingContext("manual", action, 1, {"id": incident_id or "manual"}, {})
+    # Intents are committed ahead of each request, as the caller; the rest with the result.
+    step = CommittingContext("manual", action, 1, {"id": incident_id or "manual"}, {},
+                             engine=engine, actor=actor, incident_id=incident_id,
+                             look_back=False)
     try:
         result = plugin.run(step, plugin.params.model_validate(
             {"namespace": namespace, "pod": pod, **params}))

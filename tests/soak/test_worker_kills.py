@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from responder.kube.pods import QUARANTINE_LABEL
+from responder.models.audit import AuditRecord
+from responder.store import audit
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.soak.scenarios import (
     AFTER_PATCH,
@@ -20,6 +23,7 @@ from tests.soak.scenarios import (
     summarise_trials,
 )
 from tests.support.servers import PrivateRedis
+from tests.support.stack import Stack
 
 TRIALS = int(os.environ.get("DRIFT_SOAK_KILL_TRIALS", "100"))
 SEED = int(os.environ.get("DRIFT_SOAK_SEED", "8"))
@@ -55,11 +59,6 @@ def test_every_run_finishes_and_every_cluster_action_lands_once_across_100_worke
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason=(
-    "audit gap: a plug-in's audit records are buffered until its result is saved, so when the "
-    "worker dies after the pod PATCH was applied, the change is never audited: the attempt that "
-    "finishes finds the pod already isolated and records kubernetes.before = the quarantined "
-    "pod and no kubernetes.after (7 of 12 random kill trials with seed 21)"))
 def test_a_worker_killed_right_after_the_pod_patch_still_leaves_the_change_in_the_audit_trail(
     tmp_path: Path, postgres_url: str, broker: PrivateRedis,
 ) -> None:
@@ -72,7 +71,41 @@ def test_a_worker_killed_right_after_the_pod_patch_still_leaves_the_change_in_th
             trial = trials.trial(0, AFTER_PATCH)
         finally:
             trials.close()
-        # The action itself is still applied once, and the run finishes.
-        assert (trial.killed_step, trial.status, trial.applied_patches) == (
-            "isolate", "succeeded", 1)
-        assert trial.after_records == 1, "no kubernetes.after record of the pod's isolation"
+        records = _records(stack, trial.incident)
+    # The action itself is still applied once, and the run finishes.
+    assert (trial.killed_step, trial.status, trial.applied_patches) == (
+        "isolate", "succeeded", 1)
+    assert trial.problems == []
+    # The killed delivery wrote the PATCH ahead, committed, before sending it...
+    patches = [r for r in records if r.kind == "kubernetes.intent"
+               and r.data["request"]["method"] == "PATCH"]
+    [intent] = [r for r in patches if r.data["request"]["body"]["metadata"]["labels"].get(
+        QUARANTINE_LABEL) == trial.incident]
+    assert intent.data["step"] == "isolate"
+    assert intent.data["target"]["uid"] == intent.data["before"]["uid"]
+    assert QUARANTINE_LABEL not in intent.data["before"]["labels"]
+    # ... and the delivery that finished found the pod isolated, found that intent unanswered,
+    # and recorded the change it made: before as that request was decided on, after as found.
+    assert trial.after_records == 1, "no kubernetes.after record of the pod's isolation"
+    [before] = [r for r in records if r.kind == "kubernetes.before"]
+    [after] = [r for r in records if r.kind == "kubernetes.after"]
+    for record in (before, after):
+        assert (record.data["recovered"], record.data["intent"]) == (True, intent.seq)
+        assert record.seq > intent.seq
+    assert before.data["state"] == intent.data["before"]
+    assert after.data["state"]["labels"] == {QUARANTINE_LABEL: trial.incident}
+    assert after.data["state"]["uid"] == intent.data["target"]["uid"]
+    run = stack.run_of(trial.incident)
+    assert run is not None
+    assert run["state"]["steps"]["isolate"]["result"]["detail"]["recovered"]["intent"] == \
+        intent.seq
+
+
+def _records(stack: Stack, incident: str) -> list[AuditRecord]:
+    engine = stack.engine()
+    try:
+        with engine.connect() as conn:
+            assert audit.verify(conn).ok
+            return list(audit.iter_records(conn, incident))
+    finally:
+        engine.dispose()
