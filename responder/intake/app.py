@@ -26,11 +26,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from responder.intake.backends import UNAVAILABLE, Backends
 from responder.intake.committing import GroupCommitter
+from responder.intake.memory import keep_large_buffers_mapped, release_free_memory
 from responder.intake.metrics import IntakeMetrics
-from responder.intake.parsing import BatchRejected, BodyError, decode_body, validate_items
+from responder.intake.parsing import BatchRejected, BodyError, parse_body
 from responder.intake.suppressing import SuppressionCache
 
 log = structlog.get_logger("drift.intake")
+
+
+#: Bodies above this size (or of unknown size) are read, parsed and recorded one at a time.
+HEAVY_BODY_BYTES = 1024 * 1024
 
 
 class _TooLarge(Exception):
@@ -67,6 +72,8 @@ def create_app(backends: Backends, *, insecure_no_auth: bool = False,
         metrics.watch_suppressions(suppressions.totals)
 
     accepted_latency = metrics.latency.labels("accepted")
+    heavy_bodies = asyncio.Semaphore(1)
+    keep_large_buffers_mapped()
     falco_prefix = "/v1/falco/"
 
     def authorised(path_token: str | None, authorization: str) -> bool:
@@ -80,31 +87,37 @@ def create_app(backends: Backends, *, insecure_no_auth: bool = False,
             presented = value.strip()
         return hmac.compare_digest(presented.encode(), token)
 
-    async def read_body(declared: str | None, receive: Receive) -> bytes:
+    async def read_body(declared: str | None, receive: Receive) -> bytes | bytearray:
         limit = settings.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        expected = int(declared) if declared is not None and declared.isdigit() else None
+        if expected is not None and expected > limit:
             raise _TooLarge
-        body = b""
-        chunks: list[bytes] | None = None  # only a body in several pieces needs a join
+        # With a Content-Length the body is filled in place: joining chunks would hold a large
+        # batch twice.
+        buffer = bytearray(expected) if expected else None
+        chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 raise _ClientGone  # a truncated batch must not be half recorded
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _TooLarge
             if chunk:
-                if chunks is None and not body:
-                    body = chunk
-                else:
-                    if chunks is None:
-                        chunks = [body]
+                if size + len(chunk) > limit:
+                    raise _TooLarge
+                if buffer is not None and size + len(chunk) <= len(buffer):
+                    buffer[size:size + len(chunk)] = chunk
+                else:  # no (or a wrong) Content-Length: collect and join
+                    if buffer is not None:
+                        chunks.append(bytes(buffer[:size]))
+                        buffer = None
                     chunks.append(chunk)
+                size += len(chunk)
             if not message.get("more_body", False):
                 break
-        return body if chunks is None else b"".join(chunks)
+        if buffer is not None:
+            return buffer if size == len(buffer) else buffer[:size]
+        return b"".join(chunks)
 
     async def falco(scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/falco[/<token>]`` as a bare ASGI app: the intake's hot path skips
@@ -146,23 +159,36 @@ def create_app(backends: Backends, *, insecure_no_auth: bool = False,
             metrics.rejected.labels("unauthorised").inc()
             return _reject(401, "unauthorised", "missing or invalid ingest token",
                            headers_hint="Authorization: Bearer <token> or POST /v1/falco/<token>")
+        heavy = declared is None or not declared.isdigit() or int(declared) > HEAVY_BODY_BYTES
+        if not heavy:
+            return await _falco_body(declared, content_type, receive)
+        # One large body at a time: a storm's batches then never hold several times their size
+        # in memory. The others wait unread (TCP pushes back on their senders).
+        async with heavy_bodies:
+            try:
+                return await _falco_body(declared, content_type, receive)
+            finally:
+                await asyncio.to_thread(release_free_memory)
+
+    async def _falco_body(declared: str | None, content_type: str | None,
+                          receive: Receive) -> _Answer:
         try:
             body = await read_body(declared, receive)
         except _TooLarge:
             metrics.rejected.labels("too_large").inc()
             return _reject(413, "too_large", f"body exceeds {settings.max_body_bytes} bytes")
         try:
-            items = decode_body(body, content_type, max_items=settings.max_batch_alerts)
+            alerts = parse_body(body, content_type, max_items=settings.max_batch_alerts)
         except BodyError as exc:
             metrics.rejected.labels("unreadable").inc()
             return _reject(400, "unreadable", str(exc))
-        metrics.received.inc(len(items))
-        try:
-            alerts = validate_items(items)
         except BatchRejected as exc:
+            metrics.received.inc(exc.received)
             metrics.rejected.labels("invalid").inc()
             return _reject(422, "invalid", f"{exc.total} problem(s); nothing was recorded",
                            problems=[p.to_json() for p in exc.problems])
+        del body  # the alerts keep their own lines: do not hold the whole body while committing
+        metrics.received.inc(len(alerts))
         try:
             recorded = await committer.submit(alerts)
         except UNAVAILABLE as exc:

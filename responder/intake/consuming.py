@@ -22,9 +22,8 @@ import redis
 import structlog
 
 from responder.intake.backends import UNAVAILABLE
-from responder.intake.parsing import BatchRejected, validate_items
 from responder.intake.recording import Recorded, Recorder
-from responder.models.alerts import Alert
+from responder.models.alerts import Alert, InvalidAlert, parse_alert
 
 log = structlog.get_logger("drift.consume")
 
@@ -170,7 +169,8 @@ class ListConsumer:
             except Exception as exc:
                 log.error("consume.unrecordable", alert=alert.alert_id, error=repr(exc))
                 dead.append(orjson.dumps({"reason": f"cannot be recorded: {exc!r}"[:1000],
-                                          "item": alert.raw, "consumer": self.name,
+                                          "item": orjson.Fragment(alert.raw),
+                                          "consumer": self.name,
                                           "time_ns": time.time_ns()}))
             else:
                 incident_ids.extend(done.incident_ids)
@@ -202,11 +202,11 @@ class ListConsumer:
                 reason = f"item exceeds {self.max_item_bytes} bytes"
             else:
                 try:
-                    good.extend(validate_items([orjson.loads(raw)]))
+                    good.append(parse_alert(orjson.loads(raw), raw))
                     continue
                 except orjson.JSONDecodeError as exc:
                     reason = f"not valid JSON: {exc}"
-                except BatchRejected as exc:
+                except InvalidAlert as exc:
                     reason = "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
             dead.append(orjson.dumps({"reason": reason, "item": raw.decode("utf-8", "replace"),
                                       "consumer": self.name, "time_ns": time.time_ns()}))

@@ -79,9 +79,14 @@ class FalcoPayload(BaseModel):
 _KNOWN = frozenset(FalcoPayload.model_fields) - {"output_fields"}
 
 
+#: JSON text as received: a line of an NDJSON body is a view into the body, not a copy of it.
+RawJson = bytes | bytearray | memoryview
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A validated, normalised alert. ``raw`` is the payload as received (for the record)."""
+    """A validated, normalised alert. ``raw`` is the payload's JSON text as received (for the
+    record): bytes, not the decoded dict, which is four times larger and gone once parsed."""
 
     alert_id: str
     rule: str
@@ -99,7 +104,7 @@ class Alert:
     pod: str | None
     pod_uid: str | None
     image: str | None
-    raw: dict[str, Any] = field(repr=False, compare=False)
+    raw: RawJson = field(repr=False, compare=False)
 
     def field(self, name: str) -> FieldValue:
         return self.fields.get(name)
@@ -119,8 +124,9 @@ class InvalidAlert(ValueError):
         self.problems = problems
 
 
-def parse_alert(item: object) -> Alert:
-    """Validate and normalise one decoded JSON value, or raise :class:`InvalidAlert`."""
+def parse_alert(item: object, raw: RawJson | None = None) -> Alert:
+    """Validate and normalise one decoded JSON value, or raise :class:`InvalidAlert`. ``raw`` is
+    its JSON text as received, when the caller has it (else it is serialised again)."""
     if not isinstance(item, dict):
         kind = type(item).__name__ if item is not None else "null"
         raise InvalidAlert([Problem("(item)", f"an alert must be a JSON object, not {kind}")])
@@ -132,11 +138,35 @@ def parse_alert(item: object) -> Alert:
         payload = FalcoPayload.model_validate(item)
     except ValidationError as exc:
         raise InvalidAlert(_problems(exc)) from None
-    return normalise(payload, item)
+    # orjson's output keeps a 16 KiB allocation whatever its length: copy what is kept.
+    return normalise(payload, item,
+                     memoryview(orjson.dumps(item)).tobytes() if raw is None else raw)
 
 
-def normalise(payload: FalcoPayload, raw: dict[str, Any]) -> Alert:
-    fields = {k: (None if v == MISSING else v) for k, v in payload.output_fields.items()}
+#: Field values seen recently, so that a storm's alerts share one copy of each repeated value (a
+#: container's alerts differ in a few fields; the rest would be held once per alert until its
+#: batch is committed). Cleared when full; lookups are atomic under the GIL.
+_SHARED: dict[str, str] = {}
+_SHARED_MAX = 50_000
+_SHARED_LEN = 512
+
+
+def _shared(value: str) -> str:
+    if len(value) > _SHARED_LEN:
+        return value
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    return _SHARED.setdefault(value, value)
+
+
+def _field(value: FieldValue) -> FieldValue:
+    if value == MISSING:
+        return None
+    return _shared(value) if type(value) is str else value
+
+
+def normalise(payload: FalcoPayload, item: dict[str, Any], raw: RawJson) -> Alert:
+    fields = {k: _field(v) for k, v in payload.output_fields.items()}
     time_ns = payload.time if payload.time is not None else _evt_time(fields)
     if time_ns is None:
         raise InvalidAlert([Problem("time", "missing, and output_fields has no evt.time")])
@@ -154,15 +184,15 @@ def normalise(payload: FalcoPayload, raw: dict[str, Any]) -> Alert:
         return value
 
     alert = Alert(
-        alert_id=bounded("uuid", payload.uuid, 128) or stable_alert_id(raw),
-        rule=bounded("rule", payload.rule, 1024) or payload.rule,
+        alert_id=bounded("uuid", payload.uuid, 128) or stable_alert_id(item),
+        rule=_shared(bounded("rule", payload.rule, 1024) or payload.rule),
         priority=payload.priority,
         time_ns=time_ns,
         output=payload.output,
         source=_text(payload.source),
         node=bounded("hostname", _text(payload.hostname) or _text(fields.get("evt.hostname")),
                      253),
-        tags=tuple(payload.tags),
+        tags=tuple(_shared(tag) for tag in payload.tags),
         fields=fields,
         container_id=bounded("output_fields['container.id']", short_id, 128),
         container_full_id=full_id,

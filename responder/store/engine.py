@@ -30,6 +30,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # No pre-ping: it costs a round trip per transaction on the hot path. A connection broken by
     # a server restart fails once (a 503 to the sender) and the pool then replaces it.
     kwargs.setdefault("pool_recycle", 300)
+    # Reuse the most recently returned connection: the intake commits one batch at a time, and
+    # a FIFO pool would rotate it over every pooled connection, each preparing its statements and
+    # growing libpq buffers for large batches of its own.
+    kwargs.setdefault("pool_use_lifo", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("connect_args", {"connect_timeout": 5})

@@ -70,11 +70,11 @@ WITH inc AS (
   SELECT incident_id,
          CASE WHEN ordinal <= %(first)b THEN ordinal - 1
               ELSE %(first)b + mod(ordinal - %(first)b - 1, greatest(%(last)b, 1)) END,
-         ordinal, alert_id, %(received)b, payload
+         ordinal, alert_id, %(received)b, convert_from(payload, 'UTF8')
   FROM (SELECT u.incident_id, inc.alert_count - u.n + u.idx + 1 AS ordinal,
                inc.alert_count AS total, u.alert_id, u.payload, u.ord
         FROM unnest(%(s_incident_id)b::text[], %(s_index)b::bigint[], %(s_n)b::bigint[],
-                    %(s_alert_id)b::text[], %(s_payload)b::text[])
+                    %(s_alert_id)b::text[], %(s_payload)b::bytea[])
              WITH ORDINALITY AS u(incident_id, idx, n, alert_id, payload, ord)
         JOIN inc ON inc.id = u.incident_id) AS c
   WHERE ordinal <= %(first)b OR (%(last)b > 0 AND ordinal > total - %(last)b)

@@ -7,8 +7,10 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
 import pytest
 
+from responder.intake.parsing import parse_body
 from responder.models.alerts import (
     MAX_OUTPUT_FIELDS,
     Alert,
@@ -86,7 +88,7 @@ def test_every_json_sample_parses_into_an_alert(name: str) -> None:
     assert isinstance(alert, Alert)
     assert alert.rule == raw["rule"]
     assert alert.output == raw["output"]
-    assert alert.raw is raw
+    assert orjson.loads(alert.raw) == raw  # the JSON text, re-serialised when not given
 
 
 def test_batch_file_holds_three_alerts_one_a_line() -> None:
@@ -235,11 +237,21 @@ def test_falco_payload_tolerates_unknown_top_level_keys() -> None:
     assert payload.model_extra == {"falco_version": "0.39.0"}
 
 
-def test_normalise_accepts_a_validated_payload_and_keeps_the_raw_dict() -> None:
+def test_normalise_accepts_a_validated_payload_and_keeps_the_text_as_received() -> None:
     raw = load(MEMFD)
-    alert = normalise(FalcoPayload.model_validate(raw), raw)
+    text = b"  " + orjson.dumps(raw) + b"\r"
+    alert = normalise(FalcoPayload.model_validate(raw), raw, text)
     assert alert == parse_alert(load(MEMFD))
-    assert alert.raw is raw
+    assert alert.raw is text  # kept as it came, not re-serialised
+
+
+def test_an_ndjson_line_is_kept_as_a_view_of_the_body_not_a_copy() -> None:
+    body = orjson.dumps(load(MEMFD)) + b"\n" + orjson.dumps(load(HTTP_OUTPUT))
+    first, second = parse_body(body, "application/x-ndjson", max_items=10)
+    assert isinstance(first.raw, memoryview)
+    assert first.raw.obj is body
+    assert orjson.loads(first.raw) == load(MEMFD)
+    assert orjson.loads(second.raw) == load(HTTP_OUTPUT)
 
 
 # ---------------------------------------------------------------- alert ids
