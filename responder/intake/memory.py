@@ -13,8 +13,12 @@ import ctypes
 import ctypes.util
 import functools
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 256 * 1024
+#: Fixing the mmap threshold also fixes the trim threshold at 128 KiB, which would make glibc
+#: shrink and regrow the heap between small requests: trimming is left to release_free_memory.
+TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 
 
 @functools.cache
@@ -34,7 +38,8 @@ def _libc() -> ctypes.CDLL | None:
 def keep_large_buffers_mapped() -> bool:
     """Fix glibc's mmap threshold (called once at start-up); False when not on glibc."""
     libc = _libc()
-    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    return (libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+            and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)))
 
 
 def release_free_memory() -> bool:

@@ -76,7 +76,7 @@ class FalcoPayload(BaseModel):
 
 
 #: Top-level fields whose shape the model fixes (output_fields values could still nest).
-_KNOWN = frozenset(FalcoPayload.model_fields) - {"output_fields"}
+_KNOWN_ALL = frozenset(FalcoPayload.model_fields)
 
 
 #: JSON text as received: a line of an NDJSON body is a view into the body, not a copy of it.
@@ -131,7 +131,16 @@ def parse_alert(item: object, raw: RawJson | None = None) -> Alert:
         kind = type(item).__name__ if item is not None else "null"
         raise InvalidAlert([Problem("(item)", f"an alert must be a JSON object, not {kind}")])
     # Known fields have fixed shapes the model checks; only unknown extras can nest freely.
-    extras = [v for k, v in item.items() if k not in _KNOWN and isinstance(v, dict | list)]
+    extras = [v for k, v in item.items() if k not in _KNOWN_ALL and isinstance(v, dict | list)]
+    fields = item.get("output_fields")
+    if isinstance(fields, dict):
+        # Almost always all scalars: only nested values need the walk (in a list standing where
+        # the dict stood, so that depths count as before).
+        nested = [v for v in fields.values() if isinstance(v, dict | list)]
+        if nested:
+            extras.append(nested)
+    elif isinstance(fields, list):
+        extras.append(fields)
     if extras and _depth_exceeds(extras, MAX_DEPTH):
         raise InvalidAlert([Problem("(item)", f"nested deeper than {MAX_DEPTH} levels")])
     try:
@@ -147,7 +156,7 @@ def parse_alert(item: object, raw: RawJson | None = None) -> Alert:
 #: container's alerts differ in a few fields; the rest would be held once per alert until its
 #: batch is committed). Cleared when full; lookups are atomic under the GIL.
 _SHARED: dict[str, str] = {}
-_SHARED_MAX = 50_000
+_SHARED_MAX = 8192
 _SHARED_LEN = 512
 
 
@@ -159,14 +168,13 @@ def _shared(value: str) -> str:
     return _SHARED.setdefault(value, value)
 
 
-def _field(value: FieldValue) -> FieldValue:
-    if value == MISSING:
-        return None
-    return _shared(value) if type(value) is str else value
-
-
 def normalise(payload: FalcoPayload, item: dict[str, Any], raw: RawJson) -> Alert:
-    fields = {k: _field(v) for k, v in payload.output_fields.items()}
+    shared = _SHARED
+    if len(shared) >= _SHARED_MAX:
+        shared.clear()
+    fields = {k: None if v == MISSING else
+              shared.setdefault(v, v) if type(v) is str and len(v) <= _SHARED_LEN else v
+              for k, v in payload.output_fields.items()}
     time_ns = payload.time if payload.time is not None else _evt_time(fields)
     if time_ns is None:
         raise InvalidAlert([Problem("time", "missing, and output_fields has no evt.time")])
