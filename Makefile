@@ -36,9 +36,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/evidence.py
 
 # Long fault suites (worker kills, Redis and PostgreSQL restarts, API storms); results are
-# recorded in bench/SOAK.md.
+# recorded in bench/SOAK.md. Also what `make test` leaves to it (tests/support/variants.py): the
+# PostgreSQL + Redis variants of slow end-to-end tests (marked `soak`) and the property tests
+# with all their examples.
 soak: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider tests/soak
+	DRIFT_TEST_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider -m "soak or hypothesis" tests
 
 clean:
 	rm -rf $(VENV) .drift .pytest_cache .mypy_cache .ruff_cache

@@ -32,4 +32,6 @@ def stack_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 def stack(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     built = Stack(stack_env, tmp_path)
     yield built
-    built.stop()
+    # Even on the shared servers: the next test that uses them waits for these processes to
+    # exit first (tests/conftest.py, settle_shared_servers).
+    built.stop(background=True)

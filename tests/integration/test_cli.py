@@ -1,4 +1,6 @@
-"""The drift-responder command, as a user runs it: a real process, real backends."""
+"""The drift-responder command, as a user runs it: a real process, real backends (on the embedded
+default in `make test`, on PostgreSQL + Redis under `make soak`; the store, the intake and the
+migrations are covered on both in `make test` by their own tests)."""
 
 from __future__ import annotations
 
@@ -25,10 +27,13 @@ SAMPLES = [*sorted(str(p) for p in samples_dir().glob("*.json")),
            str(samples_dir() / "batch.ndjson")]
 
 
-@pytest.fixture(params=["embedded", "production"])
+@pytest.fixture(params=["embedded", pytest.param("production", marks=pytest.mark.soak)])
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     values = {k: v for k, v in os.environ.items() if not k.startswith("DRIFT_")}
     values["DRIFT_DATA_DIR"] = str(tmp_path / "data")
+    # As in tests/support/stack.py: an existing data directory (a missing one costs the
+    # embedded broker's queue declaration two seconds of retries).
+    (tmp_path / "data").mkdir()
     values["DRIFT_INGEST_TOKEN"] = "cli-token"
     if request.param == "production":
         values["DRIFT_DATABASE_URL"] = request.getfixturevalue("postgres_url")

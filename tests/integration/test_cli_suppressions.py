@@ -1,4 +1,5 @@
-"""``drift-responder suppressions`` as a user runs it: a real process, real backends."""
+"""``drift-responder suppressions`` as a user runs it: a real process, real backends (on
+PostgreSQL + Redis under `make soak`; test_suppressions.py covers the store on both)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from responder.models.audit import AuditRecord
 from responder.store import audit
 from responder.store.engine import make_engine
 from tests.conftest import REDIS_URL
+from tests.support.variants import production_in_soak
 
 RULE = "Drop and execute new binary in container"
 # Through `drift-responder` once the group is registered there; the group alone until then.
@@ -52,6 +55,7 @@ def audit_records(env: dict[str, str]) -> list[AuditRecord]:
         engine.dispose()
 
 
+@production_in_soak("env")
 def test_add_list_and_lift_a_suppression_as_the_os_user(env: dict[str, str]) -> None:
     added = json.loads(run(env, "add", "--rule", RULE, "--namespace", "shop", "--pod", "web-*",
                            "--image", "registry.example.com/shop/web", "--for", "2h",
@@ -100,10 +104,12 @@ BAD = [
 
 
 def test_bad_input_exits_2_with_the_reason_and_changes_nothing(tmp_path: Path) -> None:
-    # Validation does not depend on the store: the embedded one is enough.
+    # Validation does not depend on the store: the embedded one is enough. The cases are
+    # separate processes that change nothing: they run side by side.
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFT_")}
     env["DRIFT_DATA_DIR"] = str(tmp_path / "data")
-    for args, says in BAD:
-        refused = run(env, *args, expect=2)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        refusals = list(pool.map(lambda args: run(env, *args, expect=2), [a for a, _ in BAD]))
+    for (args, says), refused in zip(BAD, refusals, strict=True):
         assert says in refused.stderr, (args, refused.stderr)
     assert json.loads(run(env, "list", "--all", "--json").stdout) == []

@@ -180,7 +180,10 @@ def _process_storm(settings_json: str, worker: int, barrier: Any) -> None:
 def test_many_processes_open_one_incident_per_container_with_exact_counts(
     backends: Backends,
 ) -> None:
-    ctx = multiprocessing.get_context("spawn")
+    # Fresh processes (not forks of this one, its threads and connections), forked from a
+    # server that has imported this module once, rather than each importing it from scratch.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     barrier = ctx.Barrier(4)
     settings_json = backends.settings.model_dump_json()
     procs = [ctx.Process(target=_process_storm, args=(settings_json, w, barrier))

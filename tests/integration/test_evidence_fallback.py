@@ -3,7 +3,8 @@ container (through the Kubernetes API) with the fixed listing commands, pulls th
 runs from a real OCI registry by digest, and reports what changed — as low-assurance evidence.
 
 The container is a real one on this machine with a busybox in its image (as in an Alpine image);
-the fake Kubernetes API answers exec by running the command inside it."""
+the fake Kubernetes API answers exec by running the command inside it. On the embedded backends
+in `make test`, on PostgreSQL + Redis under `make soak`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.fakes.kubernetes_api import ExecCall, ExecResult, FakeKubernetes
 from tests.support import registry as oci
 from tests.support.samples import drift_alert
 from tests.support.stack import Stack
+from tests.support.variants import production_in_soak
 
 BUSYBOX = shutil.which("busybox")
 pytestmark = [
@@ -126,6 +128,7 @@ def _result(run: dict[str, Any], step: str) -> dict[str, Any]:
     return dict(state["result"])
 
 
+@production_in_soak("stack_env")
 def test_without_an_agent_the_fallback_execs_in_and_compares_with_the_image_by_digest(
         stack: Stack, container: throwaway.ThrowawayContainer, kube: FakeKubernetes,
         pushed: tuple[oci.Registry, str]) -> None:

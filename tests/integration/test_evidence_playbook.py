@@ -1,7 +1,8 @@
 """Evidence end to end: a real container on this machine drifts, Falco's alert goes through the
 real intake, the playbook's evidence steps run on a real node agent process (the host's /proc and
 overlay), the artifacts are stored by hash and recorded in the audit trail before anyone is asked
-to decide. Root only (cgroups, overlay mounts, namespaces)."""
+to decide. Root only (cgroups, overlay mounts, namespaces). On the embedded backends in
+`make test`, on PostgreSQL + Redis under `make soak`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from responder.store import artifacts as artifacts_store
 from tests.support.processes import wait_for
 from tests.support.samples import drift_alert
 from tests.support.stack import Stack
+from tests.support.variants import production_in_soak
 
 pytestmark = pytest.mark.skipif(throwaway.unavailable_reason() is not None,
                                 reason=f"needs a real container: {throwaway.unavailable_reason()}")
@@ -90,6 +92,7 @@ def _result(run: dict[str, Any], step: str) -> dict[str, Any]:
     return dict(state["result"])
 
 
+@production_in_soak("stack_env")
 def test_a_drift_playbook_run_shows_both_pieces_of_evidence_hashed_and_audited(
         stack: Stack, container: throwaway.ThrowawayContainer) -> None:
     dropped = f"/tmp/payload-{uuid.uuid4().hex[:8]}"  # the container is shared by backends
@@ -103,8 +106,8 @@ def test_a_drift_playbook_run_shows_both_pieces_of_evidence_hashed_and_audited(
         listed = stack.cli("agent", "list")
         return NODE in listed.stdout and "alive" in listed.stdout
 
+    stack.ingest()  # starts while the agent does
     wait_for(agent_beating, 30, 0.3, what=f"the agent's heartbeat ({agent.output()[-500:]})")
-    stack.ingest()
     incident = stack.post(_alert(container, pid, dropped, 1))
     run = stack.wait_run(incident, "waiting", timeout=60)
 
@@ -156,6 +159,7 @@ def test_a_drift_playbook_run_shows_both_pieces_of_evidence_hashed_and_audited(
     assert {r.node for r in rows} == {NODE}
 
 
+@production_in_soak("stack_env")
 def test_without_an_agent_a_node_only_step_fails_saying_why_and_the_run_goes_on(
         stack: Stack, container: throwaway.ThrowawayContainer) -> None:
     _playbook(stack, "node")

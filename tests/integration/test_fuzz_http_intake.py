@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 from responder.intake.app import create_app
 from responder.intake.backends import Backends, open_backends
 from tests.conftest import make_settings
+from tests.support.variants import fuzz_examples
 from tests.unit.test_fuzz_alert_parsing import VALUES, alert_texts
 
 TOKEN = "test-token"  # what make_settings configures
@@ -37,8 +38,8 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def _fuzz(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=timedelta(seconds=5), database=None,
-                    derandomize=True,
+    return settings(max_examples=fuzz_examples(examples), deadline=timedelta(seconds=5),
+                    database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow, HealthCheck.data_too_large])
 

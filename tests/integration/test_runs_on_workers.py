@@ -1,5 +1,8 @@
 """Playbook runs end to end with real processes: ingest -> incident -> run on Celery workers ->
-approval -> audit; retries from the beat; and workers killed with SIGKILL mid-run."""
+approval -> audit; retries from the beat; and workers killed with SIGKILL mid-run.
+
+On the embedded backends in `make test`; on PostgreSQL + Redis under `make soak` (workers killed
+on the production backends: tests/integration/test_faults_smoke.py in `make test` too)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from responder.store.schema import step_leases
 from tests.support.processes import wait_for
 from tests.support.samples import drift_alert
 from tests.support.stack import Stack
+from tests.support.variants import production_in_soak
 
 APPROVAL_PLAYBOOK = """
 name: approve-then-log
@@ -68,10 +72,11 @@ def _playbook(stack: Stack, text: str) -> None:
     Path(stack.env["DRIFT_PLAYBOOKS_DIR"], "playbook.yaml").write_text(textwrap.dedent(text))
 
 
+@production_in_soak("stack_env")
 def test_an_alert_runs_its_playbook_through_an_approval_to_the_end(stack: Stack) -> None:
     _playbook(stack, APPROVAL_PLAYBOOK)
+    stack.start("worker", "--pool", "solo", name="worker")  # starts while the ingest does
     stack.ingest()
-    stack.start("worker", "--pool", "solo", name="worker")
     incident = stack.post(drift_alert(1))
     run = stack.wait_run(incident, "waiting")
     assert run["state"]["steps"]["note"]["status"] == "succeeded"
@@ -102,11 +107,12 @@ def test_an_alert_runs_its_playbook_through_an_approval_to_the_end(stack: Stack)
     assert shown_run["steps"][1]["result"]["option"] == "isolate"
 
 
+@production_in_soak("stack_env")
 def test_failed_steps_are_retried_by_the_beat_with_backoff(stack: Stack) -> None:
     _playbook(stack, RETRY_PLAYBOOK)
-    stack.ingest()
     stack.start("worker", "--pool", "solo", name="worker")
     stack.start("beat", "--interval", "0.1", name="beat")
+    stack.ingest()
     incident = stack.post(drift_alert(2))
     run = stack.wait_run(incident, "succeeded")
     assert run["state"]["steps"]["flaky"]["attempt"] == 3
@@ -117,13 +123,14 @@ def test_failed_steps_are_retried_by_the_beat_with_backoff(stack: Stack) -> None
 
 
 @pytest.mark.parametrize("victim_step", ["s1", "s2"])
+@production_in_soak("stack_env")
 def test_a_worker_killed_mid_step_is_replaced_and_every_effect_lands_once(
     stack: Stack, victim_step: str,
 ) -> None:
     _playbook(stack, KILL_PLAYBOOK)
-    stack.ingest()
     workers = [stack.start("worker", "--pool", "solo", name=f"worker{i}") for i in range(2)]
     stack.start("beat", "--interval", "0.1", name="beat")
+    stack.ingest()
     incident = stack.post(drift_alert(3))
 
     def holder() -> int | None:

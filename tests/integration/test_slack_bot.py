@@ -4,7 +4,7 @@ signed exactly as Slack signs them and posted over HTTP to the real bolt app.
 
 Most tests share one embedded stack (module scope, each test with its own pods and incidents);
 the end-to-end click also runs on the production backends (PostgreSQL, Redis broker, Redis
-replay memory).
+replay memory) under `make soak` (the Redis replay memory is also in test_slack_security.py).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from tests.fakes.slack_api import (
 from tests.support.processes import CLI, REPO, base_env, free_port, wait_for, wait_http
 from tests.support.samples import drift_alert
 from tests.support.stack import Stack
+from tests.support.variants import production_in_soak
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "#secops"
@@ -200,9 +201,9 @@ def launched(tmp: Path, extra: dict[str, str]) -> Iterator[Bot]:
             worker = stack.start("worker", "--pool", "solo", name="worker")
             if "DRIFT_REDIS_URL" not in extra:
                 _wait_for_embedded_queue(tmp / "data" / "broker.db", env["DRIFT_QUEUE"], worker)
-            stack.ingest()
             port = free_port()
-            service = stack.start("bot", "--port", str(port), name="bot")
+            service = stack.start("bot", "--port", str(port), name="bot")  # while the ingest starts
+            stack.ingest()
             url = f"http://127.0.0.1:{port}"
             wait_http(url + "/healthz", service)
             yield Bot(stack, slack, kube, url)
@@ -249,6 +250,7 @@ def any_bot(request: pytest.FixtureRequest) -> Bot:
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
+@production_in_soak("any_bot")
 def test_a_click_by_a_group_member_isolates_the_pod_and_updates_the_message(
     any_bot: Bot,
 ) -> None:

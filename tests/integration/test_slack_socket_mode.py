@@ -163,9 +163,9 @@ def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SocketBot]:
         try:
             worker = stack.start("worker", "--pool", "solo", name="worker")
             _wait_for_embedded_queue(tmp / "data" / "broker.db", env["DRIFT_QUEUE"], worker)
-            stack.ingest()
             port = free_port()
-            service = stack.start("bot", "--port", str(port), name="bot")
+            service = stack.start("bot", "--port", str(port), name="bot")  # while the ingest starts
+            stack.ingest()
             running = SocketBot(stack, slack, socket, kube, service, port)
             try:
                 socket.wait_connected(timeout=30)

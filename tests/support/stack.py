@@ -10,10 +10,14 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from responder.store import audit
+from responder.store import audit, migrating
 from responder.store.engine import make_engine
 from responder.store.schema import runs
 from tests.support.processes import CLI, REPO, Service, free_port, wait_for, wait_http
+
+#: Settings that point a stack at servers other tests use too; without them, all of a stack's
+#: state (the embedded SQLite store and broker) is in its own data directory.
+SHARED_SERVERS = ("DRIFT_DATABASE_URL", "DRIFT_REDIS_URL", "DRIFT_BROKER_URL")
 
 
 class Stack:
@@ -23,7 +27,32 @@ class Stack:
         self.services: list[Service] = []
         self.url = ""
 
+    @property
+    def private(self) -> bool:
+        """Whether all of the stack's state is in its own data directory."""
+        return not any(self.env.get(name) for name in SHARED_SERVERS)
+
+    def _prepare(self) -> None:
+        """Before the first process starts, the data directory exists and the embedded store is
+        migrated, as a deployment's volume and its migrate job (docker-compose, Helm) leave
+        them. The ingest declares its run queue before it opens the store (which would make the
+        directory): without one it retries for two seconds and goes on without it. And
+        processes started together on a fresh SQLite store race to create its tables (SQLite
+        has no migration lock). test_up and test_demo start from nothing, and the CLI tests
+        migrate a fresh store."""
+        if not self.env.get("DRIFT_DATA_DIR"):
+            return
+        Path(self.env["DRIFT_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+        if not self.env.get("DRIFT_DATABASE_URL"):
+            engine = self.engine()
+            try:
+                migrating.upgrade(engine)
+            finally:
+                engine.dispose()
+
     def start(self, *args: str, name: str) -> Service:
+        if not self.services:
+            self._prepare()
         service = Service(list(args), self.env, self.tmp, name)
         self.services.append(service)
         return service
@@ -48,26 +77,32 @@ class Stack:
         url = self.env.get("DRIFT_DATABASE_URL") or f"sqlite:///{self.env['DRIFT_DATA_DIR']}/drift.db"
         return make_engine(url)
 
-    def run_of(self, incident_id: str) -> dict[str, Any] | None:
-        engine = self.engine()
+    def run_of(self, incident_id: str, engine: Any = None) -> dict[str, Any] | None:
+        own = engine is None
+        engine = self.engine() if own else engine
         try:
             with engine.connect() as conn:
                 row = conn.execute(select(runs).where(runs.c.incident_id == incident_id)).first()
                 return None if row is None else {"status": row.status,
                                                   "state": json.loads(row.state)}
         finally:
-            engine.dispose()
+            if own:
+                engine.dispose()
 
     def wait_run(self, incident_id: str, status: str, timeout: float = 40) -> dict[str, Any]:
+        engine = self.engine()  # one for all the polls
+
         def reached() -> dict[str, Any] | None:
-            run = self.run_of(incident_id)
+            run = self.run_of(incident_id, engine)
             return run if run is not None and run["status"] == status else None
 
         try:
-            return wait_for(reached, timeout, 0.1, what=f"run {status}")  # type: ignore[no-any-return]
+            return wait_for(reached, timeout, 0.05, what=f"run {status}")  # type: ignore[no-any-return]
         except AssertionError:
             logs = "\n".join(f"--- {s.name}\n{s.output()[-3000:]}" for s in self.services)
             raise AssertionError(f"run is {self.run_of(incident_id)}; logs:\n{logs}") from None
+        finally:
+            engine.dispose()
 
     def audit_kinds(self, incident_id: str) -> list[str]:
         engine = self.engine()
@@ -78,9 +113,21 @@ class Stack:
         finally:
             engine.dispose()
 
-    def stop(self) -> None:
+    def stop(self, *, background: bool | None = None) -> None:
+        """Stop every process; with ``background``, return before they have exited.
+
+        By default a private stack's processes finish stopping while the caller goes on:
+        nothing another test uses can see them (an embedded worker notices SIGTERM only between
+        two-second polls of its broker). A stack on the shared servers is waited for, unless the
+        caller says otherwise because the next user of those servers waits for it: the `stack`
+        fixture does, as tests/conftest.py waits for background stops before it empties the
+        database for the next test (and deletes the finished tests' Redis keys only then)."""
         # All at once: each takes its own time to shut down, and they need not wait in turn.
         for service in self.services:
             service.terminate()
+        in_background = self.private if background is None else background
         for service in reversed(self.services):
-            service.stop()
+            if in_background:
+                service.stop_in_background(shared=not self.private)
+            else:
+                service.stop()

@@ -24,6 +24,7 @@ from responder.conducting.conductor import NS, Decision, conduct, digest
 from responder.conducting.state import RunState, StepState
 from responder.playbooks.schema import Playbook
 from responder.plugins.registry import load_all
+from tests.support.variants import fuzz_examples
 
 T0 = 1_700_000_000 * NS
 
@@ -1147,7 +1148,8 @@ def check_audit_grammar(kinds: Sequence[str], data: Sequence[dict[str, Any]]) ->
             assert item["step"] not in ended
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_examples(300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), which=st.integers(0, len(PROPERTY_PLAYBOOKS) - 1),
        length=st.integers(1, 40))
 def test_random_event_sequences_never_raise_and_keep_the_run_consistent(

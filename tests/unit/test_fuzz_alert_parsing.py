@@ -26,13 +26,14 @@ from responder.conducting.context import alert_context
 from responder.intake.parsing import BatchRejected, BodyError, parse_body
 from responder.models.alerts import Alert, stable_alert_id
 from responder.models.times import MAX_NS
+from tests.support.variants import fuzz_examples
 
 MiB = 1024 * 1024
 MAX_ITEMS = 10_000  # the intake's default DRIFT_MAX_BATCH_ALERTS
 
-FUZZ = settings(max_examples=250, deadline=timedelta(seconds=2), database=None,
+FUZZ = settings(max_examples=fuzz_examples(250), deadline=timedelta(seconds=2), database=None,
                 derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-LARGE = settings(max_examples=20, deadline=timedelta(seconds=10), database=None,
+LARGE = settings(max_examples=fuzz_examples(20), deadline=timedelta(seconds=10), database=None,
                  derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

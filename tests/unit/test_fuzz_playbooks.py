@@ -34,13 +34,14 @@ from responder.playbooks.inspecting import Catalog, Report, lint_paths
 from responder.playbooks.loading import MAX_FILE_BYTES
 from responder.plugins import registry
 from responder.plugins.registry import Plugin
+from tests.support.variants import fuzz_examples
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "playbooks").glob("*.yaml"))
 SHIPPED_DATA = {p.name: yaml.safe_load(p.read_text()) for p in SHIPPED}
 SHIPPED_TEXT = {p.name: p.read_text() for p in SHIPPED}
 
-FUZZ = settings(max_examples=150, deadline=timedelta(seconds=3), database=None,
+FUZZ = settings(max_examples=fuzz_examples(150), deadline=timedelta(seconds=3), database=None,
                 derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from responder.intake.parsing import BatchRejected, BodyError, parse_body
 from responder.models.alerts import Alert
 from tests.support.samples import drift_alert
+from tests.support.variants import fuzz_examples
 
-SETTINGS = settings(max_examples=300, deadline=None, database=None,
+SETTINGS = settings(max_examples=fuzz_examples(300), deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 CONTENT_TYPES = st.sampled_from(
