@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     audit_every_seconds: float = Field(default=60.0, gt=0, description="...or per this period.")
     sample_first: int = Field(default=20, ge=0, description="First alerts kept per incident.")
     sample_last: int = Field(default=20, ge=0, description="Last alerts kept per incident.")
+    sample_budget: int = Field(
+        default=100, ge=1,
+        description="Alerts one write adds to the latest-alert samples of all its incidents.",
+    )
     auto_migrate: bool = Field(default=True, description="Upgrade the schema on start.")
     queue: str = Field(default="drift.runs", description="Celery queue of playbook runs.")
     lease_grace_seconds: float = Field(

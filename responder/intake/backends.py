@@ -78,6 +78,7 @@ class Backends:
 def policy_from(settings: Settings) -> recording.RecordingPolicy:
     return recording.RecordingPolicy(
         sample_first=settings.sample_first, sample_last=settings.sample_last,
+        sample_budget=settings.sample_budget,
         audit_every_alerts=settings.audit_every_alerts,
         audit_every_ns=int(settings.audit_every_seconds * 1e9),
     )

@@ -18,17 +18,19 @@ from sqlalchemy import Connection
 # and the alerts that take a sample slot, which depends on each incident's count after this
 # batch (joined from the incident upsert's RETURNING). Unnest keeps array order; ORDER BY makes it
 # explicit, so rows are locked in the caller's order (a fixed order across concurrent batches
-# never deadlocks). Sample candidates are at most the first and last N alerts of each incident
-# in the batch; the slots they can take are distinct, which ON CONFLICT requires.
+# never deadlocks). Sample candidates are each incident's first N alerts in the batch and its
+# last `quota`; of those, the ones past the incident's first N take the ring's next slots
+# (recording.latest_taken, recording._sample_rows), so the slots are distinct, which ON CONFLICT
+# requires.
 RECORD = """
 WITH inc AS (
   INSERT INTO incidents AS t (id, key, status, alert_count, priority_rank, first_alert_id,
       first_seen_ns, last_seen_ns, opened_at_ns, last_received_ns, audited_count,
-      audited_at_ns, namespace, pod, pod_uid, node, container_id, container_full_id,
-      container_name, image)
+      audited_at_ns, latest_samples, namespace, pod, pod_uid, node, container_id,
+      container_full_id, container_name, image)
   SELECT id, key, 'open', n, prio, first_id, first_ns, last_ns, %(received)b, %(received)b, n,
-         %(received)b, namespace, pod, pod_uid, node, container_id, container_full_id,
-         container_name, image
+         %(received)b, greatest(0, least(%(quota)b, n - %(first)b)), namespace, pod, pod_uid,
+         node, container_id, container_full_id, container_name, image
   FROM unnest(%(i_id)b::text[], %(i_key)b::text[], %(i_n)b::bigint[], %(i_prio)b::smallint[],
               %(i_first_id)b::text[], %(i_first_ns)b::bigint[], %(i_last_ns)b::bigint[],
               %(i_namespace)b::text[], %(i_pod)b::text[], %(i_pod_uid)b::text[],
@@ -44,6 +46,8 @@ WITH inc AS (
       first_seen_ns = least(t.first_seen_ns, excluded.first_seen_ns),
       last_seen_ns = greatest(t.last_seen_ns, excluded.last_seen_ns),
       last_received_ns = greatest(t.last_received_ns, excluded.last_received_ns),
+      latest_samples = t.latest_samples + greatest(0, least(%(quota)b, excluded.alert_count,
+          t.alert_count + excluded.alert_count - %(first)b)),
       namespace = coalesce(t.namespace, excluded.namespace),
       pod = coalesce(t.pod, excluded.pod),
       pod_uid = coalesce(t.pod_uid, excluded.pod_uid),
@@ -52,7 +56,7 @@ WITH inc AS (
       container_full_id = coalesce(t.container_full_id, excluded.container_full_id),
       container_name = coalesce(t.container_name, excluded.container_name),
       image = coalesce(t.image, excluded.image)
-  RETURNING t.id, t.alert_count, t.audited_count, t.audited_at_ns
+  RETURNING t.id, t.alert_count, t.audited_count, t.audited_at_ns, t.latest_samples
 ), rul AS (
   INSERT INTO incident_rules AS r (incident_id, rule, count, priority_rank, first_seen_ns)
   SELECT incident_id, rule, n, prio, first_ns
@@ -69,15 +73,16 @@ WITH inc AS (
   INSERT INTO incident_alerts AS s (incident_id, slot, ordinal, alert_id, received_ns, payload)
   SELECT incident_id,
          CASE WHEN ordinal <= %(first)b THEN ordinal - 1
-              ELSE %(first)b + mod(ordinal - %(first)b - 1, greatest(%(last)b, 1)) END,
+              ELSE %(first)b + mod(ring_end - (n - idx), greatest(%(last)b, 1)) END,
          ordinal, alert_id, %(received)b, convert_from(payload, 'UTF8')
-  FROM (SELECT u.incident_id, inc.alert_count - u.n + u.idx + 1 AS ordinal,
-               inc.alert_count AS total, u.alert_id, u.payload, u.ord
+  FROM (SELECT u.incident_id, inc.alert_count - u.n + u.idx + 1 AS ordinal, u.idx, u.n,
+               greatest(0, least(%(quota)b, u.n, inc.alert_count - %(first)b)) AS taken,
+               inc.latest_samples AS ring_end, u.alert_id, u.payload, u.ord
         FROM unnest(%(s_incident_id)b::text[], %(s_index)b::bigint[], %(s_n)b::bigint[],
                     %(s_alert_id)b::text[], %(s_payload)b::bytea[])
              WITH ORDINALITY AS u(incident_id, idx, n, alert_id, payload, ord)
         JOIN inc ON inc.id = u.incident_id) AS c
-  WHERE ordinal <= %(first)b OR (%(last)b > 0 AND ordinal > total - %(last)b)
+  WHERE ordinal <= %(first)b OR idx >= n - taken
   ORDER BY ord
   ON CONFLICT (incident_id, slot) DO UPDATE SET
       ordinal = excluded.ordinal, alert_id = excluded.alert_id,

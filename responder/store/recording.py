@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table, case, func, select, update
+from sqlalchemy import BigInteger, Connection, Table, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
 
@@ -47,6 +47,11 @@ class GroupOutcome:
 class RecordingPolicy:
     sample_first: int = 20
     sample_last: int = 20
+    #: Alerts a write may add to the "latest" rings of all its incidents together (each incident
+    #: gets at least one). Every alert while incidents get a few alerts per write; under a storm
+    #: the ring holds the latest alert of each of its last writes instead of the last few
+    #: milliseconds, and PostgreSQL rewrites ~100 sample rows per write, not one per alert.
+    sample_budget: int = 100
     audit_every_alerts: int = 1000
     audit_every_ns: int = 60 * 1_000_000_000
 
@@ -86,12 +91,14 @@ def record_groups(
         return []
     # Always lock incident rows in the same order, so concurrent PostgreSQL batches never deadlock.
     ordered = sorted(groups, key=lambda g: g.incident_id)
-    rows = [_incident_row(group, received_ns) for group in ordered]
+    quota = latest_quota(policy, len(ordered))
+    rows = [_incident_row(group, received_ns, policy.sample_first, quota) for group in ordered]
     rules = _rule_rows(ordered)
     if conn.dialect.name == "postgresql":
-        returned, totals = _write_postgresql(conn, ordered, rows, rules, received_ns, policy)
+        returned, totals = _write_postgresql(conn, ordered, rows, rules, received_ns, policy,
+                                             quota)
     else:
-        returned, totals = _write_generic(conn, ordered, rows, rules, received_ns, policy)
+        returned, totals = _write_generic(conn, ordered, rows, rules, received_ns, policy, quota)
     new_rules: dict[str, list[str]] = {}
     for sent, total in zip(rules, totals, strict=True):
         if total == sent["count"]:  # no count before this batch: a first sighting
@@ -115,6 +122,19 @@ def record_groups(
     return [outcomes[g.incident_id] for g in groups]
 
 
+def latest_quota(policy: RecordingPolicy, incidents_in_write: int) -> int:
+    """How many of each incident's alerts in one write go to its "latest" ring."""
+    if policy.sample_last <= 0:
+        return 0
+    return min(policy.sample_last, max(1, policy.sample_budget // max(1, incidents_in_write)))
+
+
+def latest_taken(quota: int, n: int, total: int, first: int) -> int:
+    """Of an incident's n alerts in this write (its count now ``total``), how many take ring
+    slots: the last ``quota`` of them, but only those past the first-N sample."""
+    return max(0, min(quota, n, total - first))
+
+
 @dataclass(frozen=True, slots=True)
 class _Counts:
     """An incident's counters after this batch's upsert."""
@@ -122,15 +142,16 @@ class _Counts:
     alert_count: int
     audited_count: int
     audited_at_ns: int
+    latest_samples: int = 0
 
 
 def _write_postgresql(
     conn: Connection, groups: Sequence[AlertGroup], rows: list[dict[str, Any]],
-    rules: list[dict[str, Any]], received_ns: int, policy: RecordingPolicy,
+    rules: list[dict[str, Any]], received_ns: int, policy: RecordingPolicy, quota: int,
 ) -> tuple[dict[str, _Counts], list[int]]:
     """One fixed statement for the whole batch (see pg_bulk.RECORD)."""
     params: dict[str, Any] = {"received": received_ns, "first": policy.sample_first,
-                              "last": policy.sample_last}
+                              "last": policy.sample_last, "quota": quota}
     for name, column in (("id", "id"), ("key", "key"), ("n", "alert_count"),
                          ("prio", "priority_rank"), ("first_id", "first_alert_id"),
                          ("first_ns", "first_seen_ns"), ("last_ns", "last_seen_ns"),
@@ -139,14 +160,14 @@ def _write_postgresql(
     for name, column in (("incident_id", "incident_id"), ("rule", "rule"), ("n", "count"),
                          ("prio", "priority_rank"), ("first_ns", "first_seen_ns")):
         params["r_" + name] = [rule[column] for rule in rules]
-    # Only the first and last N alerts of an incident in this batch can take a sample slot.
+    # Only an incident's first N alerts in this batch and its last `quota` can take a slot.
     sampled: list[tuple[str, int, int, Alert]] = []
-    first, last = policy.sample_first, policy.sample_last
+    first = policy.sample_first
     for group in groups:
         n = len(group.alerts)
         sampled.extend((group.incident_id, index, n, alert)
                        for index, alert in enumerate(group.alerts)
-                       if index < first or index >= n - last)
+                       if index < first or index >= n - quota)
     params["s_incident_id"] = [s[0] for s in sampled]
     params["s_index"] = [s[1] for s in sampled]
     params["s_n"] = [s[2] for s in sampled]
@@ -166,15 +187,14 @@ def _write_postgresql(
 
 def _write_generic(
     conn: Connection, groups: Sequence[AlertGroup], rows: list[dict[str, Any]],
-    rules: list[dict[str, Any]], received_ns: int, policy: RecordingPolicy,
+    rules: list[dict[str, Any]], received_ns: int, policy: RecordingPolicy, quota: int,
 ) -> tuple[dict[str, _Counts], list[int]]:
     """SQLAlchemy statements executed with many parameter sets (SQLite, the embedded store)."""
     returned = {row.id: _Counts(int(row.alert_count), int(row.audited_count),
-                                int(row.audited_at_ns))
+                                int(row.audited_at_ns), int(row.latest_samples))
                 for row in conn.execute(_statement(conn, "incidents"), rows)}
     totals = [int(row.total) for row in conn.execute(_statement(conn, "rules"), rules)]
-    samples = _sample_rows(groups, {i: c.alert_count for i, c in returned.items()},
-                           received_ns, policy)
+    samples = _sample_rows(groups, returned, received_ns, policy, quota)
     if samples:
         conn.execute(_statement(conn, "samples"), samples)
     return returned, totals
@@ -194,8 +214,10 @@ def _statement(conn: Connection, name: str) -> Any:
     return found
 
 
-def _incident_row(group: AlertGroup, received_ns: int) -> dict[str, Any]:
+def _incident_row(group: AlertGroup, received_ns: int, first: int,
+                  quota: int) -> dict[str, Any]:
     alerts = group.alerts
+    n = len(alerts)
     return {
         "id": group.incident_id, "key": group.key, "status": "open",
         "alert_count": len(alerts), "priority_rank": int(min(a.priority for a in alerts)),
@@ -204,6 +226,9 @@ def _incident_row(group: AlertGroup, received_ns: int) -> dict[str, Any]:
         "last_seen_ns": max(a.time_ns for a in alerts),
         "opened_at_ns": received_ns, "last_received_ns": received_ns,
         "audited_count": len(alerts), "audited_at_ns": received_ns,
+        # A new incident's ring position; an existing one's is computed by the upsert.
+        "latest_samples": latest_taken(quota, n, n, first),
+        "latest_quota": quota, "sample_first": first,
         **_first_known(alerts),
     }
 
@@ -224,9 +249,13 @@ def _incident_upsert(conn: Connection) -> ReturningInsert[Any]:
                                  else_=t.last_seen_ns),
             "last_received_ns": case((ex.last_received_ns > t.last_received_ns,
                                       ex.last_received_ns), else_=t.last_received_ns),
+            # latest_taken() in SQL (SQLite's scalar max/min), on the counts before this batch.
+            "latest_samples": t.latest_samples + func.max(0, func.min(
+                bindparam("latest_quota", type_=BigInteger), ex.alert_count,
+                t.alert_count + ex.alert_count - bindparam("sample_first", type_=BigInteger))),
             **{name: func.coalesce(t[name], ex[name]) for name in _CONTEXT_FIELDS},
         },
-    ).returning(t.id, t.alert_count, t.audited_count, t.audited_at_ns,
+    ).returning(t.id, t.alert_count, t.audited_count, t.audited_at_ns, t.latest_samples,
                 sort_by_parameter_order=True)
 
 
@@ -314,22 +343,26 @@ def _rules_upsert(conn: Connection) -> Any:
     ).returning(r.count.label("total"), sort_by_parameter_order=True)
 
 
-def _sample_rows(groups: Sequence[AlertGroup], totals: dict[str, int], received_ns: int,
-                 policy: RecordingPolicy) -> list[dict[str, Any]]:
-    """The alerts of this batch that take a sample slot: the first N of an incident, and a ring
-    of the latest M (the highest ordinal wins a slot)."""
+def _sample_rows(groups: Sequence[AlertGroup], counts: dict[str, _Counts], received_ns: int,
+                 policy: RecordingPolicy, quota: int) -> list[dict[str, Any]]:
+    """The alerts of this batch that take a sample slot: an incident's first N alerts, and its
+    last ``latest_taken`` ones in this batch, each in the ring's next slot (pg_bulk.RECORD does
+    the same in SQL)."""
     values: list[dict[str, Any]] = []
+    first, last = policy.sample_first, policy.sample_last
     for group in groups:
-        total = totals[group.incident_id]
-        start = total - len(group.alerts) + 1  # this batch's alerts are ordinals start..total
+        count = counts[group.incident_id]
+        total, ring_end = count.alert_count, count.latest_samples
+        n = len(group.alerts)
+        start = total - n + 1  # this batch's alerts are ordinals start..total
+        taken = latest_taken(quota, n, total, first)
         rows: dict[int, dict[str, Any]] = {}
         for index, alert in enumerate(group.alerts):
             ordinal = start + index
-            if ordinal <= policy.sample_first:
+            if ordinal <= first:
                 slot = ordinal - 1
-            elif policy.sample_last and ordinal > total - policy.sample_last:
-                slot = (policy.sample_first
-                        + (ordinal - policy.sample_first - 1) % policy.sample_last)
+            elif index >= n - taken:
+                slot = first + (ring_end - (n - index)) % last
             else:
                 continue
             rows[slot] = {"incident_id": group.incident_id, "slot": slot, "ordinal": ordinal,

@@ -51,6 +51,8 @@ incidents = Table(
     # How much of alert_count the audit trail already accounts for (alerts.received records).
     Column("audited_count", BigInteger, nullable=False),
     Column("audited_at_ns", BigInteger, nullable=False),
+    # Alerts written to the "latest" sample ring so far: the ring's next slot (see recording.py).
+    Column("latest_samples", BigInteger, nullable=False, server_default="0"),
     # The incident's chat message, once posted: later updates edit it in place.
     Column("chat_channel", String(64)),
     Column("chat_ts", String(32)),
@@ -69,7 +71,7 @@ incident_rules = Table(
 )
 
 #: A bounded sample per incident: slots [0, first) keep the first alerts, the next ``last`` slots
-#: are a ring that keeps the latest ones (the highest ordinal wins a slot).
+#: are a ring of the latest samples (incidents.latest_samples says where the next one goes).
 incident_alerts = Table(
     "incident_alerts",
     metadata,
