@@ -108,6 +108,20 @@ def test_invalid_date_error_message_quotes_the_text() -> None:
         parse_rfc3339_ns("2026-02-30T00:00:00Z")
 
 
+def test_falco_times_of_a_second_already_seen_parse_to_the_same_nanoseconds() -> None:
+    # Falco's own format reuses the parse of its second; the fraction is still checked.
+    for _ in range(2):
+        assert parse_rfc3339_ns("2031-05-06T07:08:09.418220977Z") == \
+            _utc_ns(2031, 5, 6, 7, 8, 9, 418_220_977)
+        assert parse_rfc3339_ns("2031-05-06T07:08:09.000000001Z") == \
+            _utc_ns(2031, 5, 6, 7, 8, 9, 1)
+        assert parse_rfc3339_ns("2262-04-11T23:47:16.854775807Z") == 2**63 - 1
+    for text in ("2031-05-06T07:08:09.41822097xZ", "2031-05-06T07:08:09.\uff14\uff11" + "0" * 7
+                 + "Z", "2031-05-06T07:08:09.-41822097Z", "2262-04-11T23:47:16.854775808Z"):
+        with pytest.raises(ValueError):
+            parse_rfc3339_ns(text)
+
+
 # ---------------------------------------------------------------- format_ns
 
 
