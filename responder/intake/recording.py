@@ -56,6 +56,8 @@ class Recorder:
         self.planner = planner
         self.dispatcher = dispatcher
         self.suppressions = suppressions
+        #: Incidents whose first-N sample is full, as of committed writes (counts only grow).
+        self._past_first: set[str] = set()
 
     def record(self, alerts: Sequence[Alert], *, batch_id: str | None = None) -> Recorded:
         """Record alerts; with ``batch_id``, a batch seen before is acknowledged and skipped.
@@ -122,7 +124,7 @@ class Recorder:
                 members.setdefault(key, []).append(alert)
             groups = [recording.AlertGroup(by_key[k], k, a) for k, a in members.items()]
             outcomes = recording.record_groups(conn, groups, received_ns=received,
-                                               policy=self.policy)
+                                               policy=self.policy, past_first=self._past_first)
             opened = [o.incident_id for o in outcomes if o.opened]
             started: list[str] = []
             # A rule new to an incident may belong to another playbook (a shell, then a dropped
@@ -135,6 +137,11 @@ class Recorder:
                     for g in groups if g.incident_id in fresh], now_ns=received)
             if batch_id is not None:
                 recording.mark_batch(conn, batch_id, total or len(alerts), received)
+        past_first = self._past_first
+        if len(past_first) > 100_000:  # bounded: forgetting only costs a few more sample rows
+            past_first.clear()
+        past_first.update(o.incident_id for o in outcomes
+                          if o.alert_count >= self.policy.sample_first)
         self._dispatch(started)
         return Recorded([by_key[k] for k in keys], opened=opened, runs=started)
 

@@ -126,6 +126,9 @@ class Alert(NamedTuple):
         equal = self.__eq__(other)
         return equal if equal is NotImplemented else not equal
 
+    def __hash__(self) -> int:  # as __eq__ (raises TypeError: fields is a dict)
+        return hash(self[:-1])
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:

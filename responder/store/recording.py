@@ -9,7 +9,7 @@ into aggregated ``alerts.received`` records, so a storm does not grow the audit 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,12 +80,13 @@ def mark_batch(conn: Connection, batch_id: str, alerts: int, received_ns: int) -
 
 def record_groups(
     conn: Connection, groups: Sequence[AlertGroup], *, received_ns: int,
-    policy: RecordingPolicy,
+    policy: RecordingPolicy, past_first: Container[str] = frozenset(),
 ) -> list[GroupOutcome]:
     """Record every group inside the caller's transaction; outcomes follow the input order.
 
     A handful of multi-row statements per batch, whatever the number of incidents in it: this is
-    the intake's hot path.
+    the intake's hot path. ``past_first``: incidents known (from committed writes) to hold their
+    first N alerts already, whose alerts need not be offered for those slots.
     """
     if not groups:
         return []
@@ -96,7 +97,7 @@ def record_groups(
     rules = _rule_rows(ordered)
     if conn.dialect.name == "postgresql":
         returned, totals = _write_postgresql(conn, ordered, rows, rules, received_ns, policy,
-                                             quota)
+                                             quota, past_first)
     else:
         returned, totals = _write_generic(conn, ordered, rows, rules, received_ns, policy, quota)
     new_rules: dict[str, list[str]] = {}
@@ -148,6 +149,7 @@ class _Counts:
 def _write_postgresql(
     conn: Connection, groups: Sequence[AlertGroup], rows: list[dict[str, Any]],
     rules: list[dict[str, Any]], received_ns: int, policy: RecordingPolicy, quota: int,
+    past_first: Container[str],
 ) -> tuple[dict[str, _Counts], list[int]]:
     """One fixed statement for the whole batch (see pg_bulk.RECORD)."""
     params: dict[str, Any] = {"received": received_ns, "first": policy.sample_first,
@@ -160,14 +162,15 @@ def _write_postgresql(
     for name, column in (("incident_id", "incident_id"), ("rule", "rule"), ("n", "count"),
                          ("prio", "priority_rank"), ("first_ns", "first_seen_ns")):
         params["r_" + name] = [rule[column] for rule in rules]
-    # Only an incident's first N alerts in this batch and its last `quota` can take a slot.
+    # Only an incident's first N alerts in this batch and its last `quota` can take a slot (the
+    # SQL decides which do): a storm's incidents are past their first N, so only `quota` each
+    # are sent, not the whole batch's JSON text.
     sampled: list[tuple[str, int, int, Alert]] = []
-    first = policy.sample_first
     for group in groups:
-        n = len(group.alerts)
-        sampled.extend((group.incident_id, index, n, alert)
-                       for index, alert in enumerate(group.alerts)
-                       if index < first or index >= n - quota)
+        alerts, n = group.alerts, len(group.alerts)
+        first = 0 if group.incident_id in past_first else policy.sample_first
+        chosen = range(n) if n <= first + quota else [*range(first), *range(n - quota, n)]
+        sampled.extend((group.incident_id, index, n, alerts[index]) for index in chosen)
     params["s_incident_id"] = [s[0] for s in sampled]
     params["s_index"] = [s[1] for s in sampled]
     params["s_n"] = [s[2] for s in sampled]
