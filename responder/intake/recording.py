@@ -14,7 +14,7 @@ from responder.intake.correlating import Correlator
 from responder.intake.planning import RunPlanner
 from responder.intake.suppressing import SuppressionCache
 from responder.models.alerts import Alert
-from responder.models.incidents import KeySpec, incident_key, new_incident_id
+from responder.models.incidents import KeySpec, incident_key, new_incident_ids
 from responder.models.times import now_ns
 from responder.store import recording
 
@@ -112,7 +112,8 @@ class Recorder:
             keys.append(key)
             if window is not None:
                 windows[key] = window
-        candidates = {k: new_incident_id() for k in dict.fromkeys(keys)}
+        distinct = dict.fromkeys(keys)
+        candidates = dict(zip(distinct, new_incident_ids(len(distinct)), strict=True))
         received = now_ns()
         with self.engine.begin() as conn:
             if batch_id is not None and recording.batch_already_recorded(conn, batch_id):

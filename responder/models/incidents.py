@@ -22,8 +22,20 @@ _SHIFTS = range(120, -1, -10)
 
 def new_incident_id() -> str:
     """A ULID: sortable by creation time, unique without coordination, safe in URLs and Slack."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+    return new_incident_ids(1)[0]
+
+
+def new_incident_ids(count: int) -> list[str]:
+    """``count`` ULIDs of this millisecond from one read of the random source (the intake draws
+    a candidate per key in every batch: one system call per id showed in its profile)."""
+    stamp = (time.time_ns() // 1_000_000) << 80
+    noise = os.urandom(10 * count)
+    pairs, shifts = _PAIRS, _SHIFTS
+    ids = []
+    for start in range(0, 10 * count, 10):
+        value = stamp | int.from_bytes(noise[start:start + 10], "big")
+        ids.append("".join([pairs[(value >> shift) & 1023] for shift in shifts]))
+    return ids
 
 
 @dataclass(frozen=True, slots=True)

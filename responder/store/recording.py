@@ -308,11 +308,12 @@ _CONTEXT_FIELDS = ("namespace", "pod", "pod_uid", "node", "container_id", "conta
 def _first_known(alerts: Sequence[Alert]) -> dict[str, Any]:
     """Each context field from the first alert that has it (older alerts may lack some)."""
     found: dict[str, Any] = dict.fromkeys(_CONTEXT_FIELDS)
-    for alert in alerts:
-        for name in _CONTEXT_FIELDS:
-            if found[name] is None:
-                found[name] = getattr(alert, name)
-        if all(v is not None for v in found.values()):
+    missing = _CONTEXT_FIELDS
+    for alert in alerts:  # a storm's first alert usually has all of them
+        for name in missing:
+            found[name] = getattr(alert, name)
+        missing = tuple(name for name in missing if found[name] is None)
+        if not missing:
             break
     return found
 

@@ -13,7 +13,7 @@ import pytest
 
 from responder.models import incidents
 from responder.models.alerts import Alert, parse_alert
-from responder.models.incidents import KeySpec, incident_key, new_incident_id
+from responder.models.incidents import KeySpec, incident_key, new_incident_id, new_incident_ids
 from responder.models.times import format_ns, now_ns, parse_rfc3339_ns
 from tests.support.samples import drift_alert, load
 
@@ -338,6 +338,14 @@ def test_incident_id_is_26_chars_of_crockford_base32() -> None:
 def test_incident_ids_are_unique_over_ten_thousand_calls() -> None:
     ids = [new_incident_id() for _ in range(10_000)]
     assert len(set(ids)) == 10_000
+
+
+def test_incident_ids_drawn_together_are_distinct_ulids_of_the_same_millisecond() -> None:
+    ids = new_incident_ids(5_000)
+    assert len(set(ids)) == 5_000
+    assert all(len(i) == 26 and set(i) <= set(CROCKFORD) for i in ids)
+    assert len({_decode_crockford(i) >> 80 for i in ids}) == 1
+    assert new_incident_ids(0) == []
 
 
 def test_incident_ids_created_two_ms_apart_sort_in_creation_order() -> None:
