@@ -308,7 +308,7 @@ _CONTEXT_FIELDS = ("namespace", "pod", "pod_uid", "node", "container_id", "conta
 def _first_known(alerts: Sequence[Alert]) -> dict[str, Any]:
     """Each context field from the first alert that has it (older alerts may lack some)."""
     found: dict[str, Any] = dict.fromkeys(_CONTEXT_FIELDS)
-    missing = _CONTEXT_FIELDS
+    missing: tuple[str, ...] = _CONTEXT_FIELDS
     for alert in alerts:  # a storm's first alert usually has all of them
         for name in missing:
             found[name] = getattr(alert, name)
