@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from alembic import command
@@ -9,10 +10,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: Any constant works; it only has to be the same for every process that may migrate at once.
 _PG_MIGRATION_LOCK = 0x6472696674
+#: How long a process keeps trying to open a SQLite store another one is setting up.
+_SQLITE_OPEN_RETRY_S = 30.0
 
 
 def _config(connection: Connection) -> Config:
@@ -23,10 +27,16 @@ def _config(connection: Connection) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with engine.connect() as connection:
+    with _connect(engine) as connection:
+        # Several processes starting together must not race to create the same tables.
         if connection.dialect.name == "postgresql":
-            # Several processes starting together must not race to create the same tables.
             connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        elif connection.dialect.name == "sqlite":
+            # SQLite's lock is its write transaction (make_engine begins them IMMEDIATE): one
+            # for the whole upgrade, from reading the version to the last migration. Left to
+            # itself, Alembic commits after each migration on SQLite, and another process
+            # migrating from the version it read before that commit repeats the next one.
+            connection.begin()
         try:
             command.upgrade(_config(connection), revision)
             connection.commit()
@@ -35,6 +45,21 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"),
                                    {"k": _PG_MIGRATION_LOCK})
                 connection.commit()
+
+
+def _connect(engine: Engine) -> Connection:
+    """A connection; on SQLite, retried while another process turns a fresh file to WAL: that
+    change needs the file to itself, and SQLite refuses a connection wanting it meanwhile at
+    once ("database is locked") rather than waiting its busy timeout."""
+    deadline = time.monotonic() + _SQLITE_OPEN_RETRY_S
+    while True:
+        try:
+            return engine.connect()
+        except OperationalError as exc:
+            if engine.dialect.name != "sqlite" or "database is locked" not in str(exc) or \
+                    time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
+from kombu.transport import sqlalchemy as kombu_sql
+from sqlalchemy.engine import make_url
 
 from responder.plugins.notify.slack import RateLimited, Transient
 from responder.settings import Settings
@@ -26,10 +29,40 @@ _state: dict[str, Any] = {}
 NOTIFY_TRANSIENT_RETRIES = 10
 #: How long an evidence step may wait in a node agent's queue.
 NODE_QUEUE_EXPIRES_S = 60.0
+#: How long a worker on a SQL broker sleeps when its queues are empty (kombu's default: 1 s,
+#: which a run pays at every step). The embedded broker is a local file: polling is cheap.
+SQL_BROKER_POLLING_INTERVAL_S = 0.05
+#: The URL prefixes that select kombu's SQLAlchemy transport.
+_SQL_BROKER_SCHEMES = ("sqla+", "sqlalchemy+")
+
+
+class _SqlBrokerChannel(kombu_sql.Channel):
+    def _engine_from_config(self) -> Any:
+        # SQLite makes the file but not its directory: a first command on a fresh data
+        # directory would otherwise fail to declare its queue (and retry for seconds).
+        url = make_url(self.connection.client.hostname)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+        return super()._engine_from_config()  # type: ignore[no-untyped-call]  # kombu untyped
+
+
+class SqlBrokerTransport(kombu_sql.Transport):
+    """kombu's SQLAlchemy transport, polling often and making a SQLite file's directory.
+    Neither of the obvious knobs sets the interval: the ``polling_interval`` transport option
+    also reaches ``create_engine`` in this transport (a TypeError), and setting the attribute
+    on kombu's class would change it for every user of kombu in the process."""
+
+    Channel = _SqlBrokerChannel
+    polling_interval = SQL_BROKER_POLLING_INTERVAL_S
 
 
 def make_celery(settings: Settings) -> Celery:
     broker = settings.effective_broker_url
+    sql_broker = broker.startswith(_SQL_BROKER_SCHEMES)
+    if sql_broker:
+        # kombu lets a URL's "sqla+" prefix win over a transport class given alongside it: the
+        # class comes with the bare SQLAlchemy URL, which the transport reads as before.
+        broker = broker.split("+", 1)[1]
     app = Celery("drift-responder", broker=broker, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
@@ -44,8 +77,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
-    if broker.startswith("sqla+"):
-        app.conf.broker_polling_interval = 0.05  # embedded broker: poll often, it is local
+    if sql_broker:
+        app.conf.broker_transport = SqlBrokerTransport
     else:
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
 

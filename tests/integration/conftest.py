@@ -1,4 +1,5 @@
-"""Fixtures for tests that run whole stacks of drift-responder processes."""
+"""Fixtures for tests that run whole stacks of drift-responder processes, and for tests that run
+cluster plug-ins in-process against the fake Kubernetes API."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from responder.plugins import runtime
+from responder.settings import Settings
 from tests.conftest import REDIS_URL
+from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.support.processes import base_env
 from tests.support.stack import Stack
 
@@ -35,3 +39,19 @@ def stack(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     # Even on the shared servers: the next test that uses them waits for these processes to
     # exit first (tests/conftest.py, settle_shared_servers).
     built.stop(background=True)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKubernetes]:
+    """The fake Kubernetes API: the tests' pods go in ``shop``; ``kube-system`` is there to be
+    protected."""
+    with FakeKubernetes(namespaces=["shop", "kube-system"]) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(fake: FakeKubernetes, tmp_path: Path) -> Settings:
+    """Settings pointing the plug-ins at ``fake``, installed as the plug-ins' runtime."""
+    built = Settings(kube_host=fake.host, kube_retries=3, data_dir=tmp_path)
+    runtime.install(built)
+    return built

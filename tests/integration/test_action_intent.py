@@ -332,19 +332,6 @@ def test_a_manual_isolation_writes_its_intents_ahead_as_the_person_who_ran_it(
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKubernetes]:
-    with FakeKubernetes(namespaces=["shop"]) as server:
-        yield server
-
-
-@pytest.fixture
-def settings(fake: FakeKubernetes, tmp_path: Any) -> Settings:
-    built = Settings(kube_host=fake.host, kube_retries=0, data_dir=tmp_path)
-    runtime.install(built)
-    return built
-
-
-@pytest.fixture
 def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
     engine = make_engine(sqlite_url)
     migrating.upgrade(engine)

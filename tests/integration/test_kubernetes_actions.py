@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,19 +20,6 @@ from tests.fakes.kubernetes_api import FakeKubernetes
 
 PLUGINS = {p.name: p for p in load_all()}
 WEB = {"app": "web", "tier": "frontend"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKubernetes]:
-    with FakeKubernetes(namespaces=["shop", "kube-system"]) as server:
-        yield server
-
-
-@pytest.fixture
-def settings(fake: FakeKubernetes, tmp_path: Any) -> Settings:
-    built = Settings(kube_host=fake.host, kube_retries=3, data_dir=tmp_path)
-    runtime.install(built)
-    return built
 
 
 def run(name: str, params: dict[str, Any], incident: str = "INC1") -> tuple[Any, RecordingContext]:

@@ -7,7 +7,6 @@ import getpass
 import json
 import re
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +60,6 @@ steps:
 """
 
 HTTP_VERBS = {"PATCH": "patch", "POST": "create", "DELETE": "delete", "PUT": "update"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKubernetes]:
-    with FakeKubernetes(namespaces=["shop", "kube-system"]) as server:
-        yield server
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ import pytest
 
 from responder.kube.pods import QUARANTINE_LABEL
 from responder.models.audit import AuditRecord
-from responder.store import audit
 from tests.conftest import REDIS_URL
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.slack_api import (
@@ -148,15 +147,6 @@ class Bot:
         except AssertionError:
             shown = [m for m in self.slack.messages(CHANNEL) if incident in json.dumps(m)]
             raise AssertionError(f"message now: {shown}\n{self.logs()}") from None
-
-    def records(self, incident: str | None = None) -> list[AuditRecord]:
-        engine = self.stack.engine()
-        try:
-            with engine.connect() as conn:
-                assert audit.verify(conn).ok
-                return list(audit.iter_records(conn, incident))
-        finally:
-            engine.dispose()
 
     def ephemerals(self, user: str) -> list[dict[str, Any]]:
         """What chat.postEphemeral showed USER (replies to commands are not included)."""
@@ -287,10 +277,10 @@ def test_a_click_by_a_group_member_isolates_the_pod_and_updates_the_message(
     assert not buttons(updated)
     assert bot.slack.calls("usergroups.users.list")
 
-    decided = kinds(bot.records(incident), "approval.decided")
+    decided = kinds(bot.stack.records(incident), "approval.decided")
     assert [(r.actor, r.data["option"], r.data["decided_by"]) for r in decided] == [
         (f"slack:{CAROL}", "isolate", [f"slack:{CAROL}"])]
-    assert kinds(bot.records(incident), "kubernetes.after")
+    assert kinds(bot.stack.records(incident), "kubernetes.after")
 
     # The same signed click again (a replay) is refused before it reaches bolt.
     replay = block_actions_payload(CAROL, "drift:isolate", approval, bot.channel_id,
@@ -319,7 +309,7 @@ def test_bad_signatures_stale_and_replayed_requests_get_401(bot: Bot) -> None:
     wait_for(lambda: [r for r in bot.slack.responses if r.url == url], 10, what="the help")
     time.sleep(0.3)
     assert len([r for r in bot.slack.responses if r.url == url]) == 1
-    helps = [r for r in kinds(bot.records(), "slack.command")
+    helps = [r for r in kinds(bot.stack.records(), "slack.command")
              if r.actor == f"slack:{ALICE}" and r.data["subcommand"] == "help"]
     assert len(helps) == 1
 
@@ -334,11 +324,11 @@ def test_an_unauthorised_click_is_refused_to_that_user_and_audited(bot: Bot) -> 
     refusal = wait_for(lambda: bot.ephemerals(MALLORY)[before:], 10, what="the refusal")[0]
     assert refusal["channel"] == bot.channel_id
     assert f"slack:{MALLORY} is not an approver" in refusal["text"]
-    refused = wait_for(lambda: kinds(bot.records(incident), "approval.refused"), 10,
+    refused = wait_for(lambda: kinds(bot.stack.records(incident), "approval.refused"), 10,
                        what="approval.refused")
     assert [(r.actor, r.data["option"]) for r in refused] == [(f"slack:{MALLORY}", "isolate")]
     assert bot.stack.run_of(incident)["status"] == "waiting"  # type: ignore[index]
-    assert not kinds(bot.records(incident), "approval.decided")
+    assert not kinds(bot.stack.records(incident), "approval.decided")
     assert QUARANTINE_LABEL not in bot.kube.pod(  # type: ignore[index]
         "shop", workload.pods[0]["metadata"]["name"])["metadata"]["labels"]
 
@@ -376,7 +366,7 @@ def test_two_concurrent_clicks_make_exactly_one_decision(bot: Bot) -> None:
         return [e for user in (ALICE, BOB) for e in bot.ephemerals(user)[before[user]:]]
 
     loser_notes = wait_for(notes, 10, what="the loser's ephemeral")
-    decided = kinds(bot.records(incident), "approval.decided")
+    decided = kinds(bot.stack.records(incident), "approval.decided")
     assert len(decided) == 1
     winner = decided[0].actor.removeprefix("slack:")
     assert len(loser_notes) == 1
@@ -409,7 +399,7 @@ def test_the_two_person_rule_needs_two_different_approvers(bot: Bot) -> None:
     run = bot.stack.wait_run(incident, "succeeded")
     assert run["state"]["steps"]["evict"]["result"]["status"] == "evicted"
     assert bot.kube.pod("shop", suspect["metadata"]["name"]) is None
-    records = bot.records(incident)
+    records = bot.stack.records(incident)
     assert [r.actor for r in kinds(records, "approval.vote")] == [f"slack:{ALICE}"]
     decided = kinds(records, "approval.decided")
     assert [r.data["decided_by"] for r in decided] == [[f"slack:{ALICE}", f"slack:{BOB}"]]
@@ -435,7 +425,7 @@ def test_dismiss_asks_for_a_reason_in_a_modal_and_records_it(bot: Bot) -> None:
         {field["block_id"]: {field["element"]["action_id"]: reason}}, view=opened.view))
     assert submitted.status_code == 200, submitted.text
     bot.stack.wait_run(incident, "succeeded")
-    decided = kinds(bot.records(incident), "approval.decided")
+    decided = kinds(bot.stack.records(incident), "approval.decided")
     assert [(r.actor, r.data["option"], r.data["reason"]) for r in decided] == [
         (f"slack:{BOB}", "dismiss", reason)]
     updated = bot.prompt(incident, contains="Decision: dismiss")
@@ -502,7 +492,7 @@ def test_slash_commands_list_show_and_only_command_users_change_pods(bot: Bot) -
     assert "You may not isolate" in refused
     labels = bot.kube.pod("shop", workload.pods[1]["metadata"]["name"])["metadata"]["labels"]  # type: ignore[index]
     assert QUARANTINE_LABEL not in labels
-    mine = [r for r in kinds(bot.records(), "slack.command") if r.actor == f"slack:{MALLORY}"]
+    mine = [r for r in kinds(bot.stack.records(), "slack.command") if r.actor == f"slack:{MALLORY}"]
     assert [(r.data["subcommand"], r.data["outcome"]) for r in mine][-1] == (
         "isolate", "refused: not a command user")
     assert {r.data["subcommand"] for r in mine} >= {"list", "show", "help", "isolate"}
@@ -513,7 +503,7 @@ def test_slash_commands_list_show_and_only_command_users_change_pods(bot: Bot) -
     assert labels == {QUARANTINE_LABEL: "manual"}
     released = bot.command(OPS, f"release {target}")["text"]
     assert "*released*" in released
-    manual = [(r.kind, r.actor) for r in bot.records() if r.kind.startswith("manual.")]
+    manual = [(r.kind, r.actor) for r in bot.stack.records() if r.kind.startswith("manual.")]
     assert ("manual.isolate", f"slack:{OPS}") in manual
     assert ("manual.release", f"slack:{OPS}") in manual
 
@@ -542,12 +532,13 @@ def test_slash_commands_list_show_and_only_command_users_change_pods(bot: Bot) -
                              if r.url == answer_url and r.payload.get("replace_original")],
                     10, what="the eviction reply")
     assert "*evicted*" in done[0]["text"]
-    evicts = [(r.data["stage"], r.data["outcome"]) for r in kinds(bot.records(), "slack.command")
+    evicts = [(r.data["stage"], r.data["outcome"])
+              for r in kinds(bot.stack.records(), "slack.command")
               if r.data["subcommand"] == "evict"]
     assert evicts == [("command", "confirmation requested"),
                       ("confirm", "refused: not a command user"), ("confirm", "confirmed")]
     assert ("manual.evict", f"slack:{DAVE}") in [
-        (r.kind, r.actor) for r in bot.records() if r.kind.startswith("manual.")]
+        (r.kind, r.actor) for r in bot.stack.records() if r.kind.startswith("manual.")]
 
 
 @pytest.mark.parametrize(("missing", "says"), [

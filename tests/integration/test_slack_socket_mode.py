@@ -23,8 +23,6 @@ import httpx
 import pytest
 
 from responder.kube.pods import QUARANTINE_LABEL
-from responder.models.audit import AuditRecord
-from responder.store import audit
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.fakes.slack_api import (
     FakeSlack,
@@ -125,15 +123,6 @@ class SocketBot:
             raise AssertionError(f"no message of {incident} showing {contains!r}\n"
                                  f"{self.logs()}") from None
 
-    def records(self, incident: str | None = None) -> list[AuditRecord]:
-        engine = self.stack.engine()
-        try:
-            with engine.connect() as conn:
-                assert audit.verify(conn).ok
-                return list(audit.iter_records(conn, incident))
-        finally:
-            engine.dispose()
-
     def ephemerals(self, user: str) -> list[dict[str, Any]]:
         return [r.args for r in self.slack.calls("chat.postEphemeral")
                 if r.ok and r.args.get("user") == user]
@@ -206,7 +195,7 @@ def test_a_click_over_the_socket_is_acked_in_time_and_isolates_the_pod(
     bot.stack.wait_run(incident, "succeeded")
     assert bot.kube.pod("shop", suspect["metadata"]["name"])["metadata"]["labels"] == {  # type: ignore[index]
         QUARANTINE_LABEL: incident}
-    decided = kinds(bot.records(incident), "approval.decided")
+    decided = kinds(bot.stack.records(incident), "approval.decided")
     assert [(r.actor, r.data["option"]) for r in decided] == [(f"slack:{CAROL}", "isolate")]
     updated = bot.prompt(incident, contains="Decision: isolate")
     assert f"<@{CAROL}>" in json.dumps(updated["blocks"])
@@ -227,10 +216,10 @@ def test_an_unauthorised_click_over_the_socket_is_refused_to_that_user_and_audit
     refusal = wait_for(lambda: bot.ephemerals(MALLORY)[before:], 10, what="the refusal")[0]
     assert refusal["channel"] == bot.channel_id
     assert f"slack:{MALLORY} is not an approver" in refusal["text"]
-    refused = wait_for(lambda: kinds(bot.records(incident), "approval.refused"), 10,
+    refused = wait_for(lambda: kinds(bot.stack.records(incident), "approval.refused"), 10,
                        what="approval.refused")
     assert [(r.actor, r.data["option"]) for r in refused] == [(f"slack:{MALLORY}", "isolate")]
-    assert not kinds(bot.records(incident), "approval.decided")
+    assert not kinds(bot.stack.records(incident), "approval.decided")
     assert bot.stack.run_of(incident)["status"] == "waiting"  # type: ignore[index]
     assert QUARANTINE_LABEL not in bot.kube.pod(  # type: ignore[index]
         "shop", workload.pods[0]["metadata"]["name"])["metadata"]["labels"]
@@ -245,7 +234,7 @@ def test_a_slash_command_over_the_socket_is_acked_and_answered(bot: SocketBot) -
     assert incident in listed["text"]
     assert "Open incidents" in listed["text"]
     assert listed["response_type"] == "ephemeral"
-    used = [r for r in kinds(bot.records(), "slack.command") if r.actor == f"slack:{MALLORY}"]
+    used = [r for r in kinds(bot.stack.records(), "slack.command") if r.actor == f"slack:{MALLORY}"]
     assert [(r.data["subcommand"], r.data["channel"]) for r in used] == [
         ("list", bot.channel_id)]
 
@@ -295,7 +284,7 @@ def test_a_connection_closed_by_slack_is_replaced_and_the_bot_keeps_working(
     message = bot.prompt(incident)
     bot.click(ALICE, "isolate", message)
     bot.stack.wait_run(incident, "succeeded")
-    decided = kinds(bot.records(incident), "approval.decided")
+    decided = kinds(bot.stack.records(incident), "approval.decided")
     assert [(r.actor, r.data["option"]) for r in decided] == [(f"slack:{ALICE}", "isolate")]
     bot.prompt(incident, contains="Decision: isolate")
 

@@ -109,7 +109,7 @@ def test_dismissing_with_suppress_stops_similar_alerts_until_it_is_lifted(bot: B
     bot.stack.wait_run(incident, "succeeded")
 
     try:
-        created = wait_for(lambda: kinds(bot.records(incident), "suppression.created"), 10,
+        created = wait_for(lambda: kinds(bot.stack.records(incident), "suppression.created"), 10,
                            what="suppression.created")
     except AssertionError:
         raise AssertionError(f"no suppression.created; logs:\n{bot.logs()}") from None
@@ -148,7 +148,7 @@ def test_dismissing_with_suppress_stops_similar_alerts_until_it_is_lifted(bot: B
     again = bot.command(OPS, f"lift {sid} reindexing is finished")["text"]
     assert "already lifted" in again
 
-    records = bot.records()
+    records = bot.stack.records()
     assert [(r.actor, r.data["reason"]) for r in kinds(records, "suppression.lifted")] == [
         (f"slack:{BOB}", "reindexing is finished")]
     lifts = [(r.actor, r.data["outcome"]) for r in kinds(records, "slack.command")
@@ -168,7 +168,7 @@ def test_a_dismissal_without_suppress_makes_no_suppression(bot: Bot) -> None:
     before = len(suppressions(bot))
     assert dismiss(bot, ALICE, incident, {"reason": "test mail relay"}).status_code == 200
     bot.stack.wait_run(incident, "succeeded")
-    assert not kinds(bot.records(incident), "suppression.created")
+    assert not kinds(bot.stack.records(incident), "suppression.created")
     assert len(suppressions(bot)) == before
 
 
@@ -185,7 +185,7 @@ def test_a_forged_submission_by_a_non_approver_suppresses_nothing(bot: Bot) -> N
     told = wait_for(lambda: bot.ephemerals(MALLORY)[before + 1:], 10, what="the refusals")
     assert "No suppression was made" in told[-1]["text"]
     assert bot.stack.run_of(incident)["status"] == "waiting"  # type: ignore[index]
-    records = bot.records(incident)
+    records = bot.stack.records(incident)
     assert [r.actor for r in kinds(records, "approval.refused")] == [f"slack:{MALLORY}"]
     assert not kinds(records, "suppression.created")
 

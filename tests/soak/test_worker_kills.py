@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 
 from responder.kube.pods import QUARANTINE_LABEL
-from responder.models.audit import AuditRecord
-from responder.store import audit
 from tests.fakes.kubernetes_api import FakeKubernetes
 from tests.soak.scenarios import (
     AFTER_PATCH,
@@ -23,7 +21,6 @@ from tests.soak.scenarios import (
     summarise_trials,
 )
 from tests.support.servers import PrivateRedis
-from tests.support.stack import Stack
 
 TRIALS = int(os.environ.get("DRIFT_SOAK_KILL_TRIALS", "100"))
 SEED = int(os.environ.get("DRIFT_SOAK_SEED", "8"))
@@ -71,7 +68,7 @@ def test_a_worker_killed_right_after_the_pod_patch_still_leaves_the_change_in_th
             trial = trials.trial(0, AFTER_PATCH)
         finally:
             trials.close()
-        records = _records(stack, trial.incident)
+        records = stack.records(trial.incident)
     # The action itself is still applied once, and the run finishes.
     assert (trial.killed_step, trial.status, trial.applied_patches) == (
         "isolate", "succeeded", 1)
@@ -100,12 +97,3 @@ def test_a_worker_killed_right_after_the_pod_patch_still_leaves_the_change_in_th
     assert run["state"]["steps"]["isolate"]["result"]["detail"]["recovered"]["intent"] == \
         intent.seq
 
-
-def _records(stack: Stack, incident: str) -> list[AuditRecord]:
-    engine = stack.engine()
-    try:
-        with engine.connect() as conn:
-            assert audit.verify(conn).ok
-            return list(audit.iter_records(conn, incident))
-    finally:
-        engine.dispose()

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
+from responder.models.audit import AuditRecord
 from responder.store import audit, migrating
 from responder.store.engine import make_engine
 from responder.store.schema import runs
@@ -33,16 +34,12 @@ class Stack:
         return not any(self.env.get(name) for name in SHARED_SERVERS)
 
     def _prepare(self) -> None:
-        """Before the first process starts, the data directory exists and the embedded store is
-        migrated, as a deployment's volume and its migrate job (docker-compose, Helm) leave
-        them. The ingest declares its run queue before it opens the store (which would make the
-        directory): without one it retries for two seconds and goes on without it. And
-        processes started together on a fresh SQLite store race to create its tables (SQLite
-        has no migration lock). test_up and test_demo start from nothing, and the CLI tests
-        migrate a fresh store."""
+        """Before the first process starts, the embedded store is migrated, as a deployment's
+        migrate job (docker-compose, Helm) leaves it: the processes then find it ready instead
+        of each waiting its turn to migrate it. test_up and test_demo start from nothing, and
+        test_sqlite_first_start has processes migrate a fresh store together."""
         if not self.env.get("DRIFT_DATA_DIR"):
             return
-        Path(self.env["DRIFT_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         if not self.env.get("DRIFT_DATABASE_URL"):
             engine = self.engine()
             try:
@@ -104,14 +101,18 @@ class Stack:
         finally:
             engine.dispose()
 
-    def audit_kinds(self, incident_id: str) -> list[str]:
+    def records(self, incident_id: str | None = None) -> list[AuditRecord]:
+        """The audit trail, of one incident or of all, once its whole chain has verified."""
         engine = self.engine()
         try:
             with engine.connect() as conn:
                 assert audit.verify(conn).ok
-                return [r.kind for r in audit.iter_records(conn, incident_id)]
+                return list(audit.iter_records(conn, incident_id))
         finally:
             engine.dispose()
+
+    def audit_kinds(self, incident_id: str) -> list[str]:
+        return [r.kind for r in self.records(incident_id)]
 
     def stop(self, *, background: bool | None = None) -> None:
         """Stop every process; with ``background``, return before they have exited.
