@@ -105,7 +105,3 @@ def cursor(conn: Connection) -> psycopg.Cursor[Any]:
     # parameter types makes the server prepare the statement again.
     cur.adapters.register_dumper(int, Int8Dumper)
     return cur
-
-
-def execute(cur: psycopg.Cursor[Any], statement: str, params: dict[str, Any]) -> None:
-    cur.execute(statement, params, prepare=True)

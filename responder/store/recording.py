@@ -177,7 +177,7 @@ def _write_postgresql(
     params["s_alert_id"] = [s[3].alert_id for s in sampled]
     params["s_payload"] = [memoryview(s[3].raw) for s in sampled]  # bytea: no copies
     cur = pg_bulk.cursor(conn)
-    pg_bulk.execute(cur, pg_bulk.RECORD, params)
+    cur.execute(pg_bulk.RECORD, params, prepare=True)  # prepared once per connection
     returned: dict[str, _Counts] = {}
     rule_totals: dict[tuple[str, str], int] = {}
     for kind, incident_id, rule, count, audited, audited_at in cur.fetchall():
