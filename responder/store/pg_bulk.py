@@ -1,9 +1,11 @@
-"""PostgreSQL's statements for the intake's hot path: one fixed statement per table.
+"""PostgreSQL's statement for the intake's hot path: one fixed statement per batch.
 
-Each statement takes one array per column and ``unnest``s it, so its text never depends on the
-row count: the server prepares it once per connection and psycopg adapts the arrays in C. Rows
-bound one by one (or as a multi-row ``VALUES`` built per batch) cost ~20 us of CPU per value in
-SQLAlchemy and psycopg, which was most of the intake's CPU (bench/PROFILE.md).
+The rows arrive as one JSON document per table (arrays of values, in column order, written by
+orjson) and are taken apart by the server, so the statement's text never depends on the row count:
+it is prepared once per connection. Rows bound one by one (or as a multi-row ``VALUES`` built per
+batch) cost ~20 us of CPU per value in SQLAlchemy and psycopg; one array per column still cost
+~0.7 us per value, dumped element by element in Python (bench/PROFILE.md). The samples' JSON text
+travels as ``bytea``, as received.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from sqlalchemy import Connection
 
 # One statement writes a whole batch: the incidents (counts added, context kept), their rules,
 # and the alerts that take a sample slot, which depends on each incident's count after this
-# batch (joined from the incident upsert's RETURNING). Unnest keeps array order; ORDER BY makes it
-# explicit, so rows are locked in the caller's order (a fixed order across concurrent batches
-# never deadlocks). Sample candidates are each incident's first N alerts in the batch and its
-# last `quota`; of those, the ones past the incident's first N take the ring's next slots
-# (recording.latest_taken, recording._sample_rows), so the slots are distinct, which ON CONFLICT
-# requires.
+# batch (joined from the incident upsert's RETURNING). ORDER BY ord keeps the caller's order, so
+# rows are locked in it (a fixed order across concurrent batches never deadlocks). Sample
+# candidates are each incident's first N alerts in the batch and its last `quota`; of those, the
+# ones past the incident's first N take the ring's next slots (recording.latest_taken,
+# recording._sample_rows), so the slots are distinct, which ON CONFLICT requires.
 RECORD = """
 WITH inc AS (
   INSERT INTO incidents AS t (id, key, status, alert_count, priority_rank, first_alert_id,
@@ -31,14 +32,12 @@ WITH inc AS (
   SELECT id, key, 'open', n, prio, first_id, first_ns, last_ns, %(received)b, %(received)b, n,
          %(received)b, greatest(0, least(%(quota)b, n - %(first)b)), namespace, pod, pod_uid,
          node, container_id, container_full_id, container_name, image
-  FROM unnest(%(i_id)b::text[], %(i_key)b::text[], %(i_n)b::bigint[], %(i_prio)b::smallint[],
-              %(i_first_id)b::text[], %(i_first_ns)b::bigint[], %(i_last_ns)b::bigint[],
-              %(i_namespace)b::text[], %(i_pod)b::text[], %(i_pod_uid)b::text[],
-              %(i_node)b::text[], %(i_container_id)b::text[], %(i_container_full_id)b::text[],
-              %(i_container_name)b::text[], %(i_image)b::text[])
-       WITH ORDINALITY AS u(id, key, n, prio, first_id, first_ns, last_ns, namespace, pod,
-                            pod_uid, node, container_id, container_full_id, container_name,
-                            image, ord)
+  FROM (SELECT r->>0 AS id, r->>1 AS key, (r->>2)::bigint AS n, (r->>3)::smallint AS prio,
+               r->>4 AS first_id, (r->>5)::bigint AS first_ns, (r->>6)::bigint AS last_ns,
+               r->>7 AS namespace, r->>8 AS pod, r->>9 AS pod_uid, r->>10 AS node,
+               r->>11 AS container_id, r->>12 AS container_full_id,
+               r->>13 AS container_name, r->>14 AS image, ord
+        FROM jsonb_array_elements(%(incidents)s::jsonb) WITH ORDINALITY AS e(r, ord)) AS u
   ORDER BY ord
   ON CONFLICT (id) DO UPDATE SET
       alert_count = t.alert_count + excluded.alert_count,
@@ -60,9 +59,9 @@ WITH inc AS (
 ), rul AS (
   INSERT INTO incident_rules AS r (incident_id, rule, count, priority_rank, first_seen_ns)
   SELECT incident_id, rule, n, prio, first_ns
-  FROM unnest(%(r_incident_id)b::text[], %(r_rule)b::text[], %(r_n)b::bigint[],
-              %(r_prio)b::smallint[], %(r_first_ns)b::bigint[])
-       WITH ORDINALITY AS u(incident_id, rule, n, prio, first_ns, ord)
+  FROM (SELECT r->>0 AS incident_id, r->>1 AS rule, (r->>2)::bigint AS n,
+               (r->>3)::smallint AS prio, (r->>4)::bigint AS first_ns, ord
+        FROM jsonb_array_elements(%(rules)s::jsonb) WITH ORDINALITY AS e(r, ord)) AS u
   ORDER BY ord
   ON CONFLICT (incident_id, rule) DO UPDATE SET
       count = r.count + excluded.count,
@@ -78,9 +77,11 @@ WITH inc AS (
   FROM (SELECT u.incident_id, inc.alert_count - u.n + u.idx + 1 AS ordinal, u.idx, u.n,
                greatest(0, least(%(quota)b, u.n, inc.alert_count - %(first)b)) AS taken,
                inc.latest_samples AS ring_end, u.alert_id, u.payload, u.ord
-        FROM unnest(%(s_incident_id)b::text[], %(s_index)b::bigint[], %(s_n)b::bigint[],
-                    %(s_alert_id)b::text[], %(s_payload)b::bytea[])
-             WITH ORDINALITY AS u(incident_id, idx, n, alert_id, payload, ord)
+        FROM (SELECT r->>0 AS incident_id, (r->>1)::bigint AS idx, (r->>2)::bigint AS n,
+                     r->>3 AS alert_id, payload, ord
+              FROM ROWS FROM (jsonb_array_elements(%(samples)s::jsonb),
+                              unnest(%(s_payload)b::bytea[]))
+                   WITH ORDINALITY AS e(r, payload, ord)) AS u
         JOIN inc ON inc.id = u.incident_id) AS c
   WHERE ordinal <= %(first)b OR idx >= n - taken
   ORDER BY ord
@@ -93,6 +94,9 @@ SELECT 'i', id, NULL, alert_count, audited_count, audited_at_ns FROM inc
 UNION ALL
 SELECT 'r', incident_id, rule, count, NULL, NULL FROM rul
 """
+# On one line: psycopg caches the conversion of queries up to 4,096 characters (this one is
+# ~3,800 without its indentation) and would otherwise parse it again for every batch.
+RECORD = " ".join(RECORD.split())
 
 
 def cursor(conn: Connection) -> psycopg.Cursor[Any]:

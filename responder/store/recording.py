@@ -8,11 +8,14 @@ into aggregated ``alerts.received`` records, so a storm does not grow the audit 
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections import Counter
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import BigInteger, Connection, Table, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
@@ -152,16 +155,16 @@ def _write_postgresql(
     past_first: Container[str],
 ) -> tuple[dict[str, _Counts], list[int]]:
     """One fixed statement for the whole batch (see pg_bulk.RECORD)."""
-    params: dict[str, Any] = {"received": received_ns, "first": policy.sample_first,
-                              "last": policy.sample_last, "quota": quota}
-    for name, column in (("id", "id"), ("key", "key"), ("n", "alert_count"),
-                         ("prio", "priority_rank"), ("first_id", "first_alert_id"),
-                         ("first_ns", "first_seen_ns"), ("last_ns", "last_seen_ns"),
-                         *((f, f) for f in _CONTEXT_FIELDS)):
-        params["i_" + name] = [row[column] for row in rows]
-    for name, column in (("incident_id", "incident_id"), ("rule", "rule"), ("n", "count"),
-                         ("prio", "priority_rank"), ("first_ns", "first_seen_ns")):
-        params["r_" + name] = [rule[column] for rule in rules]
+    params: dict[str, Any] = {
+        "received": received_ns, "first": policy.sample_first, "last": policy.sample_last,
+        "quota": quota,
+        # Each row's values in the order pg_bulk.RECORD reads them (r->>0, r->>1, ...).
+        "incidents": orjson.dumps([[row[c] for c in _PG_INCIDENT_COLUMNS] for row in rows]
+                                  ).decode(),
+        "rules": orjson.dumps([[rule["incident_id"], rule["rule"], rule["count"],
+                                rule["priority_rank"], rule["first_seen_ns"]] for rule in rules]
+                              ).decode(),
+    }
     # Only an incident's first N alerts in this batch and its last `quota` can take a slot (the
     # SQL decides which do): a storm's incidents are past their first N, so only `quota` each
     # are sent, not the whole batch's JSON text.
@@ -171,10 +174,7 @@ def _write_postgresql(
         first = 0 if group.incident_id in past_first else policy.sample_first
         chosen = range(n) if n <= first + quota else [*range(first), *range(n - quota, n)]
         sampled.extend((group.incident_id, index, n, alerts[index]) for index in chosen)
-    params["s_incident_id"] = [s[0] for s in sampled]
-    params["s_index"] = [s[1] for s in sampled]
-    params["s_n"] = [s[2] for s in sampled]
-    params["s_alert_id"] = [s[3].alert_id for s in sampled]
+    params["samples"] = orjson.dumps([[s[0], s[1], s[2], s[3].alert_id] for s in sampled]).decode()
     params["s_payload"] = [memoryview(s[3].raw) for s in sampled]  # bytea: no copies
     cur = pg_bulk.cursor(conn)
     cur.execute(pg_bulk.RECORD, params, prepare=True)  # prepared once per connection
@@ -221,14 +221,20 @@ def _incident_row(group: AlertGroup, received_ns: int, first: int,
                   quota: int) -> dict[str, Any]:
     alerts = group.alerts
     n = len(alerts)
+    if n == 1:  # one alert per request: most incidents of a transaction
+        priority, earliest = alerts[0].priority, alerts[0].time_ns
+        latest = earliest
+    else:
+        priority = min(a.priority for a in alerts)
+        times = [a.time_ns for a in alerts]
+        earliest, latest = min(times), max(times)
     return {
         "id": group.incident_id, "key": group.key, "status": "open",
-        "alert_count": len(alerts), "priority_rank": int(min(a.priority for a in alerts)),
+        "alert_count": n, "priority_rank": int(priority),
         "first_alert_id": alerts[0].alert_id,
-        "first_seen_ns": min(a.time_ns for a in alerts),
-        "last_seen_ns": max(a.time_ns for a in alerts),
+        "first_seen_ns": earliest, "last_seen_ns": latest,
         "opened_at_ns": received_ns, "last_received_ns": received_ns,
-        "audited_count": len(alerts), "audited_at_ns": received_ns,
+        "audited_count": n, "audited_at_ns": received_ns,
         # A new incident's ring position; an existing one's is computed by the upsert.
         "latest_samples": latest_taken(quota, n, n, first),
         "latest_quota": quota, "sample_first": first,
@@ -303,25 +309,32 @@ def flush_received(conn: Connection, *, now_ns: int, policy: RecordingPolicy) ->
 
 _CONTEXT_FIELDS = ("namespace", "pod", "pod_uid", "node", "container_id", "container_full_id",
                    "container_name", "image")
+_CONTEXT_OF = operator.attrgetter(*_CONTEXT_FIELDS)
+_PG_INCIDENT_COLUMNS = ("id", "key", "alert_count", "priority_rank", "first_alert_id",
+                        "first_seen_ns", "last_seen_ns", *_CONTEXT_FIELDS)
 
 
 def _first_known(alerts: Sequence[Alert]) -> dict[str, Any]:
     """Each context field from the first alert that has it (older alerts may lack some)."""
-    found: dict[str, Any] = dict.fromkeys(_CONTEXT_FIELDS)
-    missing: tuple[str, ...] = _CONTEXT_FIELDS
-    for alert in alerts:  # a storm's first alert usually has all of them
-        for name in missing:
-            found[name] = getattr(alert, name)
-        missing = tuple(name for name in missing if found[name] is None)
-        if not missing:
+    found = list(_CONTEXT_OF(alerts[0]))
+    for alert in itertools.islice(alerts, 1, None):  # the first alert usually has them all
+        if None not in found:
             break
-    return found
+        found = [mine if mine is not None else theirs
+                 for mine, theirs in zip(found, _CONTEXT_OF(alert), strict=True)]
+    return dict(zip(_CONTEXT_FIELDS, found, strict=True))
 
 
 def _rule_rows(groups: Sequence[AlertGroup]) -> list[dict[str, Any]]:
     """One row per incident and rule: its count in this batch and its first sighting."""
     values: list[dict[str, Any]] = []
     for group in groups:
+        if len(group.alerts) == 1:
+            alert = group.alerts[0]
+            values.append({"incident_id": group.incident_id, "rule": alert.rule, "count": 1,
+                           "priority_rank": int(alert.priority),
+                           "first_seen_ns": alert.time_ns})
+            continue
         counts = Counter(a.rule for a in group.alerts)
         firsts: dict[str, Alert] = {}
         for alert in group.alerts:
