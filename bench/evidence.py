@@ -52,6 +52,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402
+    FOREIGN_LIMIT_PCT,
+    Row,
+    busy_pct,
+    busy_pct_over,
+    cpu_model,
+    machine_busy,
+    rusage_seconds,
+    say,
+    table,
+    write_section,
+)
 from responder.agent import overlay, processes  # noqa: E402
 from tests.support import fake_proc  # noqa: E402
 
@@ -63,38 +75,16 @@ DIFF_TARGET_S = 3.0
 CID = "7d3f0c9a2b4e6f8a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d2f4a6c8e0b1d3f5a"
 MIB = 1 << 20
 IDLE_WAIT_S = 60.0
-IDLE_LIMIT_PCT = 25.0  # of one core, used by other work
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 # ------------------------------------------------------------------------- machine load
 
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
-def _self_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def wait_for_idle() -> str:
-    """Wait until other work uses under IDLE_LIMIT_PCT of a core; say how it went."""
-    cores = os.cpu_count() or 1
+    """Wait until other work uses under FOREIGN_LIMIT_PCT of a core; say how it went."""
     deadline = time.monotonic() + IDLE_WAIT_S
     while True:
-        busy0, total0 = _cpu_ticks()
-        time.sleep(1.0)
-        busy1, total1 = _cpu_ticks()
-        load = 100.0 * cores * (busy1 - busy0) / max(total1 - total0, 1)
-        if load < IDLE_LIMIT_PCT:
+        load = busy_pct_over(1.0)
+        if load < FOREIGN_LIMIT_PCT:
             return f"idle ({load:.0f}% of a core busy before the runs)"
         if time.monotonic() > deadline:
             return (f"not idle: {load:.0f}% of a core busy before the runs "
@@ -114,14 +104,14 @@ class Timing:
 def measure_quietly(fn: Callable[[], Any], runs: int, attempts: int = 3
                     ) -> tuple[Timing, Any, str]:
     """``measure`` after waiting for idleness, again (up to ``attempts``) while other work used
-    more than IDLE_LIMIT_PCT of a core during the runs; the least disturbed attempt counts."""
+    more than FOREIGN_LIMIT_PCT of a core during the runs; the least disturbed attempt counts."""
     best: tuple[Timing, Any, str] | None = None
     for attempt in range(1, attempts + 1):
         idle = wait_for_idle()
         timing, result = measure(fn, runs)
         if best is None or timing.foreign_pct < best[0].foreign_pct:
             best = (timing, result, f"attempt {attempt} of {attempts}; machine {idle}")
-        if timing.foreign_pct < IDLE_LIMIT_PCT:
+        if timing.foreign_pct < FOREIGN_LIMIT_PCT:
             break
         say(f"  (other work used {timing.foreign_pct:.0f}% of a core during the runs: again)")
     assert best is not None
@@ -130,10 +120,9 @@ def measure_quietly(fn: Callable[[], Any], runs: int, attempts: int = 3
 
 def measure(fn: Callable[[], Any], runs: int) -> tuple[Timing, Any]:
     fn()  # warm-up: page cache, imports, first-call costs
-    cores = os.cpu_count() or 1
     times: list[float] = []
-    busy0, total0 = _cpu_ticks()
-    self0 = _self_cpu_s()
+    before = machine_busy()
+    self0 = rusage_seconds(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
     result = None
     for _ in range(runs):
@@ -141,9 +130,8 @@ def measure(fn: Callable[[], Any], runs: int) -> tuple[Timing, Any]:
         result = fn()
         times.append(time.perf_counter() - start)
     wall = time.perf_counter() - wall0
-    busy1, total1 = _cpu_ticks()
-    machine_s = cores * wall * (busy1 - busy0) / max(total1 - total0, 1)
-    foreign = max(machine_s - (_self_cpu_s() - self0), 0.0)
+    machine_s = wall * busy_pct(before, machine_busy()) / 100
+    foreign = max(machine_s - (rusage_seconds(resource.RUSAGE_SELF) - self0), 0.0)
     return Timing(times, 100.0 * foreign / wall), result
 
 
@@ -295,27 +283,8 @@ def build_layers(base: Path, dirs: int, per_dir: int) -> Layers:
 
 # -------------------------------------------------------------------------------- report
 
-@dataclasses.dataclass
-class Row:
-    figure: str
-    measured: str
-    target: str = "-"
-    met: bool | None = None
-
-    @property
-    def verdict(self) -> str:
-        return "-" if self.met is None else "yes" if self.met else "**NO**"
-
-
 def machine_facts(where: Path) -> list[tuple[str, str]]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model() or "unknown"
     fs = "unknown"
     try:
         best = ""
@@ -334,21 +303,6 @@ def seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 10 else f"{value:.1f} s"
 
 
-def write_section(path: Path, text: str) -> None:
-    if not path.exists():
-        path.write_text(text)
-        return
-    current = path.read_text()
-    start, end = current.find(START_MARK), current.find(END_MARK)
-    if start != -1 and end > start:
-        updated = current[:start] + text.rstrip("\n") + current[end + len(END_MARK):]
-        if not updated.endswith("\n"):
-            updated += "\n"
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated)
-
-
 def render(rows: list[Row], notes: list[str], facts: list[tuple[str, str]], quick: bool) -> str:
     lines = [
         START_MARK,
@@ -359,9 +313,7 @@ def render(rows: list[Row], notes: list[str], facts: list[tuple[str, str]], quic
         "docstring), built once on a memory filesystem; median (max) of several runs after a "
         "warm-up, one process, one thread.",
         "",
-        "| figure | measured | target | met? |",
-        "| --- | --- | --- | --- |",
-        *(f"| {r.figure} | {r.measured} | {r.target} | {r.verdict} |" for r in rows),
+        *table(rows),
         "",
         "| machine | |",
         "| --- | --- |",
@@ -444,7 +396,7 @@ def main() -> int:
             f"runs (s): {', '.join(f'{t:.3f}' for t in timing.runs)}; {how}; "
             f"other work during the runs: {timing.foreign_pct:.0f}% of a core")
         for row in rows[-4:]:
-            say(f"  {row.figure}: {row.measured}  (target {row.target}; met: {row.verdict})")
+            say(row.summary)
 
         # ---- filesystem diff
         built = time.perf_counter()
@@ -478,13 +430,12 @@ def main() -> int:
             f"whiteouts {'included' if layers.whiteouts else 'left out (not root)'}; "
             f"runs (s): {', '.join(f'{t:.3f}' for t in dtiming.runs)}; {dhow}; "
             f"other work during the runs: {dtiming.foreign_pct:.0f}% of a core")
-        say(f"  {rows[-1].figure}: {rows[-1].measured}  (target {rows[-1].target}; "
-            f"met: {rows[-1].verdict})")
+        say(rows[-1].summary)
 
     for note in notes:
         say(f"  - {note}")
     if results is not None:
-        write_section(results, render(rows, notes, facts, quick))
+        write_section(results, render(rows, notes, facts, quick), START_MARK, END_MARK)
         say(f"wrote the evidence section of {results}")
     return 0 if all(r.met is not False for r in rows) else 1
 

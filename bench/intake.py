@@ -38,16 +38,13 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import platform
-import re
 import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,13 +57,44 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    FOREIGN_LIMIT_PCT,
+    PG_ADMIN_URL,
+    REDIS_URL,
+    ULID,
+    Row,
+    Service,
+    all_cpu_seconds,
+    busy_pct,
+    channel_counters,
+    channel_state,
+    clean_env,
+    cli_command,
+    consuming,
+    cpu_model,
+    drop_queue,
+    free_port,
+    log_tail,
+    machine_busy,
+    package_versions,
+    queue_keys,
+    run_cli,
+    rusage_seconds,
+    say,
+    table,
+    task_errors,
+    unacked_tags,
+    wait_for_quiet,
+)
+from bench.common import Report as BaseReport  # noqa: E402
+
 BENCH = ROOT / "bench"
 WRK_LUA = BENCH / "wrk_post.lua"
 POST_BATCHES = BENCH / "post_batches.py"
 DEFAULT_RESULTS = BENCH / "RESULTS.md"
-PG_ADMIN_URL = os.environ.get("DRIFT_BENCH_PG_ADMIN_URL",
-                              "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("DRIFT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 CONTAINERS = 100
 SEP = b"\x1e"  # separates bodies in the files wrk_post.lua reads
 PLACEHOLDER = "@@SEQ@@"
@@ -101,22 +129,10 @@ class Config:
 
 
 @dataclasses.dataclass
-class Row:
-    figure: str
-    measured: str
-    target: str = "-"
-    met: bool | None = None
-    timing: bool = True  # a speed figure (other load on the machine can depress it)
+class Report(BaseReport):
+    """bench/common.py's Report, which also keeps the worst foreign load of its measurements
+    (a benchmark is run again when it was measured on a shared machine)."""
 
-    @property
-    def verdict(self) -> str:
-        return "-" if self.met is None else "yes" if self.met else "**NO**"
-
-
-@dataclasses.dataclass
-class Report:
-    rows: list[Row] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
     foreign_pct: float = 0.0  # the worst foreign load seen by a measurement in this report
 
     def measured(self, meter: CpuMeter) -> None:
@@ -124,52 +140,15 @@ class Report:
 
     @property
     def contended(self) -> bool:
-        return self.foreign_pct > FOREIGN_LOAD_LIMIT_PCT
+        return self.foreign_pct > FOREIGN_LIMIT_PCT
 
     def merge(self, other: Report) -> None:
         self.rows += other.rows
         self.notes += other.notes
         self.foreign_pct = max(self.foreign_pct, other.foreign_pct)
 
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-        print(f"  {row.figure}: {row.measured}  (target {row.target}; met: {row.verdict})",
-              flush=True)
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        print(f"  - {text}", flush=True)
-
 
 # ------------------------------------------------------------------------------------- helpers
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def cli_command() -> list[str]:
-    script = Path(sys.executable).parent / "drift-responder"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("drift-responder")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from responder.cli import main; main()"]
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment without any DRIFT_* setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFT_")}
-    env.update(extra)
-    return env
-
 
 def rss_bytes(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of a process, in bytes."""
@@ -188,33 +167,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as fh:
-        values = [int(v) for v in fh.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return float(sum(values) - idle), float(sum(values))
-
-
-def all_cpu_seconds() -> dict[int, tuple[str, float]]:
-    """pid -> (command name, user + system CPU seconds) for every process we can read."""
-    out: dict[int, tuple[str, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        head, _, rest = raw.rpartition(")")
-        fields = rest.split()
-        out[int(entry)] = (head.split("(", 1)[1],
-                           (int(fields[11]) + int(fields[12])) / tick)
-    return out
 
 
 class CpuMeter:
@@ -238,14 +190,12 @@ class CpuMeter:
         self._cpu = cpu_seconds(self.pid)
         self._busy = machine_busy()
         self._all = all_cpu_seconds()
-        self._children = _children_cpu()
+        self._children = rusage_seconds(resource.RUSAGE_CHILDREN)
 
     def stop(self) -> None:
         wall = time.perf_counter() - self._t
         self.ingest_pct = 100 * (cpu_seconds(self.pid) - self._cpu) / wall
-        busy, total = machine_busy()
-        cores = os.cpu_count() or 1
-        self.machine_pct = 100 * cores * (busy - self._busy[0]) / max(1.0, total - self._busy[1])
+        self.machine_pct = busy_pct(self._busy, machine_busy())
         groups: dict[str, float] = {}
         roles: dict[str, float] = {}
         for pid, (name, seconds) in all_cpu_seconds().items():
@@ -263,14 +213,15 @@ class CpuMeter:
         self.others = sorted(((n, 100 * s / wall) for n, s in groups.items() if s > 0),
                              key=lambda x: -x[1])[:5]
         # The load generator (wrk, post_batches.py) has exited and been reaped by now.
-        self.loadgen_pct = 100 * (_children_cpu() - self._children) / wall
+        self.loadgen_pct = 100 * (rusage_seconds(resource.RUSAGE_CHILDREN)
+                                  - self._children) / wall
         ours = sum(100 * s / wall for n, s in groups.items() if n in OUR_SERVICES)
         self.foreign_pct = max(0.0, self.machine_pct - self.ingest_pct - self.loadgen_pct - ours
                                - sum(self.role_pct.values()))
 
     @property
     def contended(self) -> bool:
-        return self.foreign_pct > FOREIGN_LOAD_LIMIT_PCT
+        return self.foreign_pct > FOREIGN_LIMIT_PCT
 
     def describe(self) -> str:
         cores = os.cpu_count() or 1
@@ -284,34 +235,11 @@ class CpuMeter:
 
 #: Processes that serve the benchmark (not foreign load).
 OUR_SERVICES = frozenset({"postgres", "redis-server", "py-spy"})
-#: More foreign CPU than this (% of one core) during a measurement marks it as contended.
-FOREIGN_LOAD_LIMIT_PCT = 25.0
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_for_quiet(max_wait_s: float = 90.0, window_s: float = 2.0) -> float:
-    """Wait (at most ``max_wait_s``) until the machine is nearly idle; returns the last busy %."""
-    deadline = time.monotonic() + max_wait_s
-    cores = os.cpu_count() or 1
-    while True:
-        busy0, total0 = machine_busy()
-        time.sleep(window_s)
-        busy1, total1 = machine_busy()
-        pct = 100 * cores * (busy1 - busy0) / max(1.0, total1 - total0)
-        if pct <= FOREIGN_LOAD_LIMIT_PCT or time.monotonic() > deadline:
-            return pct
-        say(f"  (machine busy with other work: {pct:.0f}% of a core; waiting)")
 
 
 # -------------------------------------------------------------------------------------- alerts
 
 def sample_alert(container: int, uuid: str) -> dict[str, Any]:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     try:
         from tests.support.samples import drift_alert
     except RuntimeError as exc:  # pragma: no cover - only without shared/samples
@@ -395,40 +323,12 @@ def production_backends(label: str, *, queue: bool = False) -> Iterator[dict[str
             client.close()
 
 
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists of a Celery queue (kombu keeps one per priority step)."""
-    sep = "\x06\x16"
-    return [queue, *(f"{queue}{sep}{p}" for p in (3, 6, 9))]
-
-
-def unacked_tags(client: Any, queue: str) -> list[bytes]:
-    """Delivery tags in kombu's shared ``unacked`` hash that belong to ``queue``: tasks a
-    worker has taken but not acknowledged yet (running, or held for their countdown)."""
-    tags = []
-    for tag, raw in client.hscan_iter("unacked", count=1000):
-        with contextlib.suppress(ValueError, TypeError, IndexError):
-            _, exchange, routing_key = json.loads(raw)
-            if queue in (exchange, routing_key):
-                tags.append(tag)
-    return tags
-
-
 def clean_queue(queue: str) -> None:
     import redis
 
     client: Any = redis.Redis.from_url(REDIS_URL)  # sync client (the stubs union awaitables)
     try:
-        keys = [k.encode() for k in (*queue_keys(queue), f"_kombu.binding.{queue}",
-                                     f"_kombu.binding_permanent.{queue}")]
-        keys += list(client.scan_iter(match=f"*{queue}*", count=1000))
-        unique = list(dict.fromkeys(keys))
-        for i in range(0, len(unique), 500):
-            client.delete(*unique[i:i + 500])
-        client.zrem("_kombu.binding_deadlines", queue)
-        stale = unacked_tags(client, queue)
-        if stale:
-            client.hdel("unacked", *stale)
-            client.zrem("unacked_index", *stale)
+        drop_queue(client, queue)
     except redis.RedisError as exc:
         say(f"  ! could not clean the Celery queue {queue} in Redis: {exc}")
     finally:
@@ -462,10 +362,7 @@ class Ingest:
         return self.base_url + "/v1/falco"
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
 
 @contextlib.contextmanager
@@ -518,9 +415,7 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
 
 
 def drift_cli(ingest: Ingest, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*cli_command(), "--log-level", "warning", *args], env=ingest.env,
-                          cwd=ingest.log_path.parent, capture_output=True, text=True,
-                          timeout=600, check=False)
+    return run_cli(args, env=ingest.env, cwd=ingest.log_path.parent)
 
 
 # ------------------------------------------------------------------------------------------ wrk
@@ -738,71 +633,6 @@ SERVICE_NICE = 10
 #: taken, no incident waiting in the channel's bucket, every incident's message recorded in the
 #: store) and the Slack fake has received nothing for this long.
 SETTLE_QUIET_S = 3.0
-ULID_BYTES = re.compile(rb"[0-9A-HJKMNP-TV-Z]{26}")
-
-
-def repo_on_path() -> None:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
-
-@dataclasses.dataclass
-class Service:
-    """A Celery worker or the beat, in a process group of its own."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 25) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM to the process group this benchmark started, then SIGKILL if it lingers."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        else:  # the leader exited; make sure nothing of its group survives
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def tcp_ports(pid: int) -> set[int]:
-    """Local TCP ports of a process's sockets (from /proc)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as fh:
-            next(fh)
-            for line in fh:
-                fields = line.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 @contextlib.contextmanager
 def run_services(ingest: Ingest, workers: int) -> Iterator[list[Service]]:
     """``workers`` x ``drift-responder worker --pool solo`` and one ``drift-responder beat``
@@ -817,12 +647,8 @@ def run_services(ingest: Ingest, workers: int) -> Iterator[list[Service]]:
     workdir = ingest.log_path.parent
 
     def start(name: str, *args: str) -> Service:
-        log_path = workdir / f"{name}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([*prefix, *cli_command(), "--log-level", "warning", *args],
-                                    env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        service = Service(name, proc, log_path)
+        service = Service.start(name, [*prefix, *cli_command(), "--log-level", "warning", *args],
+                                env=env, cwd=workdir)
         services.append(service)
         return service
 
@@ -835,9 +661,7 @@ def run_services(ingest: Ingest, workers: int) -> Iterator[list[Service]]:
             for s in services:
                 if s.proc.poll() is not None:
                     raise RuntimeError(f"{s.name} exited with {s.proc.returncode}:\n{s.tail()}")
-            blocked = {int(c["addr"].rsplit(":", 1)[1]) for c in client.client_list()
-                       if c.get("cmd") in ("brpop", "blpop") and "b" in c.get("flags", "")}
-            if all(tcp_ports(w.pid) & blocked for w in pool):
+            if consuming(client, [w.pid for w in pool]):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("the workers did not start consuming in 90 s:\n" + "\n".join(
@@ -901,7 +725,7 @@ class SlackTally:
             if r.args.get("thread_ts"):
                 tally.replies += 1
                 continue
-            named = {m.decode() for m in ULID_BYTES.findall(r.body)} & incidents
+            named = {m.decode() for m in ULID.findall(r.body)} & incidents
             blocks = r.args.get("blocks")
             if (isinstance(blocks, list) and any(isinstance(b, dict) and
                                                  b.get("block_id") == digest_block_id
@@ -944,8 +768,7 @@ def wait_for_prompts(slack: Any, env: dict[str, str], timeout_s: float,
                 rows = db.execute("SELECT id, chat_channel, chat_ts FROM incidents").fetchall()
                 incidents = {str(i): (c, t) for i, c, t in rows}
                 tally = SlackTally.of(slack.requests, set(incidents), digest_block_id)
-                raw = client.get(f"{prefix}slack:channel:{STORM_CHANNEL}")
-                state = json.loads(raw) if raw else {}
+                state = channel_state(client, prefix, STORM_CHANNEL)
                 waiting = len(state.get("w", {}))
                 in_flight = sum(int(client.llen(k)) for k in queue_keys(queue)) + len(
                     unacked_tags(client, queue))
@@ -960,7 +783,7 @@ def wait_for_prompts(slack: Any, env: dict[str, str], timeout_s: float,
                         and set(tally.prompts) >= set(incidents))
                 waited = time.monotonic() - t0
                 if done or waited > timeout_s:
-                    bucket = {k: int(v) for k, v in state.get("n", {}).items()}
+                    bucket = channel_counters(state)
                     return Settled(bool(done), waited, tally, incidents, bucket, in_flight,
                                    waiting, why)
                 if time.monotonic() - last_say > 15:
@@ -974,7 +797,6 @@ def wait_for_prompts(slack: Any, env: dict[str, str], timeout_s: float,
 # ---------------------------------------------------------------------------------- the storm
 
 def bench_storm(cfg: Config, report: Report, workdir: Path, profiler: Profiler) -> None:
-    repo_on_path()
     from responder.plugins.notify.ratelimit import SlackLimits
     from responder.plugins.notify.slack_blocks import DIGEST_BLOCK_ID
     from tests.fakes.slack_api import FakeSlack
@@ -1171,19 +993,6 @@ def report_prompts(report: Report, tally: SlackTally, settled: Settled, started_
         f"posts granted, {b.get('waits', 0)} refusals (each re-queued the notification until "
         f"its turn), {b.get('digests', 0)} digests")
 
-TASK_ERROR = re.compile(r"Task (drift\.\w+)\[[^\]]*\] raised unexpected: (\w+)\((.*)\)\s*$",
-                        re.MULTILINE)
-
-
-def task_errors(log: str) -> dict[str, int]:
-    """'task: exception: message' -> count, from the Celery workers' logs."""
-    counts: dict[str, int] = {}
-    for task, exc, message in TASK_ERROR.findall(log):
-        key = f"{task}: {exc}: {message.strip(chr(34) + chr(39))[:160]}"
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
 def _trajectory(samples: list[tuple[float, int]], points: int = 10) -> str:
     if not samples:
         return "no samples"
@@ -1200,10 +1009,7 @@ def machine_facts() -> list[tuple[str, str]]:
     facts: list[tuple[str, str]] = []
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     facts.append(("cores (nproc)", nproc or str(os.cpu_count())))
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                     "")
+    model = cpu_model()
     if model:
         facts.append(("CPU", model))
     with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
@@ -1232,11 +1038,8 @@ def machine_facts() -> list[tuple[str, str]]:
         first = subprocess.run([wrk, "-v"], capture_output=True, text=True,
                                check=False).stdout.splitlines()
         facts.append(("wrk", first[0].split(" Copyright")[0] if first else "?"))
-    versions = []
-    for dist in ("uvicorn", "uvloop", "httptools", "starlette", "pydantic", "SQLAlchemy",
-                 "psycopg", "redis", "orjson"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+    versions = package_versions(("uvicorn", "uvloop", "httptools", "starlette", "pydantic",
+                                 "SQLAlchemy", "psycopg", "redis", "orjson"))
     facts.append(("packages", ", ".join(versions)))
     return facts
 
@@ -1257,8 +1060,7 @@ def write_results(path: Path, cfg: Config, report: Report, facts: list[tuple[str
     ]
     if cfg.quick:
         lines += ["**Quick smoke-test run: the figures are not representative.**", ""]
-    lines += ["| figure | measured | target | met? |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r.figure} | {r.measured} | {r.target} | {r.verdict} |" for r in report.rows]
+    lines += table(report.rows)
     lines += ["", "## Machine", "", "| fact | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in facts]
     lines += ["", "## Details", ""]
@@ -1306,7 +1108,7 @@ def write_results(path: Path, cfg: Config, report: Report, facts: list[tuple[str
         + ("" if cfg.quick else "before each benchmark it waits (up to 90 s) for the machine "
            "to be idle, and it runs a benchmark again when ")
         + ("a measurement is marked 'machine shared' when " if cfg.quick else "")
-        + f"that foreign load exceeded {FOREIGN_LOAD_LIMIT_PCT:.0f}% of a core.",
+        + f"that foreign load exceeded {FOREIGN_LIMIT_PCT:.0f}% of a core.",
         "- Where the time goes (profiles and suggestions): bench/PROFILE.md.",
         "",
     ]
@@ -1356,7 +1158,7 @@ def main() -> int:
                         help="alerts per storm request (default 5,000)")
     parser.add_argument("--retries", type=int, default=None,
                         help="run a benchmark again (at most this often) when other work used "
-                             f"more than {FOREIGN_LOAD_LIMIT_PCT:.0f}%% of a core during it "
+                             f"more than {FOREIGN_LIMIT_PCT:.0f}%% of a core during it "
                              "(default 1; 0 with --quick)")
     args = parser.parse_args()
     cfg = Config.make(args.quick)
@@ -1387,7 +1189,7 @@ def main() -> int:
     for name in selected:
         attempts: list[Report] = []
         for attempt in range(1 + retries):
-            quiet = wait_for_quiet() if not cfg.quick else 0.0
+            quiet = wait_for_quiet(90.0) if not cfg.quick else 0.0
             sub = Report()
             if attempt:
                 say(f"\n(running {name} again: attempt {attempt + 1} of {1 + retries})")
@@ -1421,10 +1223,7 @@ def main() -> int:
                                 f"{len(attempts)}; the others ran while other work used the "
                                 "machine")
         report.merge(chosen)
-    say("\n| figure | measured | target | met? |")
-    say("| --- | --- | --- | --- |")
-    for r in report.rows:
-        say(f"| {r.figure} | {r.measured} | {r.target} | {r.verdict} |")
+    say("\n" + "\n".join(table(report.rows)))
     if results_path is not None:
         write_results(results_path, cfg, report, facts, selected, started)
         say(f"\nwrote {results_path}")

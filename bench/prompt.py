@@ -53,43 +53,47 @@ import datetime as dt
 import itertools
 import json
 import os
-import re
-import secrets
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.runs import (  # noqa: E402
+from bench.common import (  # noqa: E402
     FOREIGN_LIMIT_PCT,
+    ULID,
+    Report,
+    Row,
+    channel_counters,
+    channel_state,
+    say,
+    stop_group,
+    table,
+    task_errors,
+    wait_for_quiet,
+    write_section,
+)
+from bench.runs import (  # noqa: E402
     MS,
-    PG_ADMIN_URL,
     CpuMeter,
     Poster,
     Stack,
     check_audit,
-    cli_command,
     describe_cpu,
     flag_shared,
     histogram,
     machine_facts,
     make_alert,
     pct,
-    say,
-    task_errors,
-    wait_for_quiet,
+    stack_up,
 )
 from responder.models.times import parse_rfc3339_ns  # noqa: E402
 from responder.plugins.notify.ratelimit import SlackLimits  # noqa: E402
@@ -108,7 +112,6 @@ STORM_BASE = 0x500000  # container numbers of the storm's containers
 LIMITS = SlackLimits()  # the defaults the stack runs with (burst, digest threshold...)
 PLACEHOLDER = "@@SEQ@@"
 BUSY_PATTERN = "bench/|pytest"
-ULID = re.compile(rb"[0-9A-HJKMNP-TV-Z]{26}")
 
 PLAYBOOK = f"""
 name: {PLAYBOOK_NAME}
@@ -154,32 +157,6 @@ class Config:
         return cls(quick=False, warmup=5, samples=100, spacing_s=0.1, slow_spacing_s=1.25,
                    storm_containers=100, storm_rate=2000, storm_batch=200,
                    storm_connections=2, storm_settle_s=5, compare=True)
-
-
-@dataclasses.dataclass
-class Row:
-    figure: str
-    measured: str
-    target: str = "-"
-    met: bool | None = None
-
-    @property
-    def verdict(self) -> str:
-        return "-" if self.met is None else "yes" if self.met else "**NO**"
-
-
-@dataclasses.dataclass
-class Report:
-    rows: list[Row] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-        say(f"  {row.figure}: {row.measured}  (target {row.target}; met: {row.verdict})")
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        say(f"  - {text}")
 
 
 def fmt_ms(ns: float) -> str:
@@ -246,55 +223,24 @@ def wait_for_other_work(max_wait_s: float = 900.0, poll_s: float = 15.0) -> str:
 class PromptStack(Stack):
     """bench/runs.py's Stack with this benchmark's names, playbook and Slack settings."""
 
+    label = "prompt"
+    playbook_name = PLAYBOOK_NAME
+    playbook = PLAYBOOK
+
     def __init__(self, workdir: Path, slack: FakeSlack, extra_env: dict[str, str]) -> None:
         env = {"SLACK_BOT_TOKEN": str(slack.token), "DRIFT_SLACK_API_URL": slack.base_url,
                "DRIFT_SLACK_CHANNEL": CHANNEL, **extra_env}
         super().__init__(workdir, beat=True, extra_env=env)
-        suffix = secrets.token_hex(4)
-        self.dbname = f"drift_bench_prompt_{suffix}"
-        self.prefix = f"drift-bench-prompt-{suffix}:"
-        self.queue = f"drift-bench-prompt-{suffix}"
-        self.db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.dbname}"
-        self.env.update({"DRIFT_DATABASE_URL": self.db_url, "DRIFT_REDIS_PREFIX": self.prefix,
-                         "DRIFT_QUEUE": self.queue})
         for name in ("SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"):
             self.env.pop(name, None)
-
-    def create(self) -> None:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.dbname}"')
-        self.playbooks.mkdir()
-        (self.playbooks / f"{PLAYBOOK_NAME}.yaml").write_text(textwrap.dedent(PLAYBOOK))
-        for args in (["db", "upgrade"], ["playbooks", "lint"]):
-            done = subprocess.run([*cli_command(), "--log-level", "warning", *args],
-                                  env=self.env, cwd=self.workdir, capture_output=True,
-                                  text=True, timeout=120, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"drift-responder {' '.join(args)} failed:\n"
-                                   f"{done.stdout}\n{done.stderr}")
 
 
 @contextlib.contextmanager
 def running_stack(slack: FakeSlack, extra_env: dict[str, str],
                   keep_logs: Path | None) -> Iterator[PromptStack]:
-    with tempfile.TemporaryDirectory(prefix="drift-bench-prompt-") as tmp:
-        stack = PromptStack(Path(tmp), slack, extra_env)
-        try:
-            stack.create()
-            stack.launch()
-            yield stack
-        except BaseException:
-            for s in stack.services:
-                say(f"--- {s.name} (pid {s.pid}) log tail:\n{s.tail()}")
-            raise
-        finally:
-            if keep_logs is not None:
-                keep_logs.mkdir(parents=True, exist_ok=True)
-                for s in stack.services:
-                    with contextlib.suppress(OSError):
-                        (keep_logs / s.log_path.name).write_bytes(s.log_path.read_bytes())
-            for problem in stack.destroy():
-                say(f"! {problem}")
+    with tempfile.TemporaryDirectory(prefix="drift-bench-prompt-") as tmp, \
+            stack_up(PromptStack(Path(tmp), slack, extra_env), keep_logs) as stack:
+        yield stack
 
 
 # ------------------------------------------------------------------------------ the prompts
@@ -384,15 +330,7 @@ class Storm:
     def stop(self) -> dict[str, Any]:
         if self.proc is None:
             return self.result
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_group(self.proc, 60)
         text = self.out.read_text(errors="replace")
         for line in text.splitlines():
             if line.startswith("BENCH_JSON "):
@@ -507,9 +445,7 @@ def bucket_counters(stack: PromptStack) -> dict[str, int]:
     """The channel's counters in Redis (responder.plugins.notify.ratelimit): joined (first asks),
     asked (every notification that asked the bucket for a first message), posts, waits,
     digests."""
-    raw = stack.redis.get(f"{stack.prefix}slack:channel:{CHANNEL}")
-    state = json.loads(raw) if raw else {}
-    return {k: int(v) for k, v in state.get("n", {}).items()}
+    return channel_counters(channel_state(stack.redis, stack.prefix, CHANNEL))
 
 
 def latency_rows(report: Report, label: str, what: str, lat: list[int], *,
@@ -778,14 +714,14 @@ def bench_stack(stack: PromptStack, slack: FakeSlack, cfg: Config, report: Repor
             f"alerts' incidents, {storm_prompts} for the storm's incidents), chat.update: "
             f"{len(prompts.updates) - updates_before}"
             + (f"; failures {result.get('failures')}" if result.get("failures") else ""))
-        errors = task_errors("".join(w.log() for w in stack.workers))
+        errors = task_errors("".join(w.log() for w in stack.workers), stale_events=True)
         report.note(f"worker task errors{' (bucket lifted)' if diagnostic else ''}: "
                     f"{errors or 'none'}; Slack calls in all: "
                     f"{dict(collections.Counter(r.method for r in slack.requests))}")
         for phase, _ in phases:
-            flag_shared(report, phase.name, phase.cpu, phase.meter)  # type: ignore[arg-type]
+            flag_shared(report, phase.name, phase.cpu, phase.meter)
         if not diagnostic:
-            check_audit(stack, report)  # type: ignore[arg-type]
+            check_audit(stack, report)
     finally:
         if storm.alive():
             with contextlib.suppress(Exception):
@@ -824,8 +760,7 @@ def section(cfg: Config, report: Report, started: dt.datetime, quiet_note: str) 
     ]
     if cfg.quick:
         lines += ["**Quick smoke-test run: the figures are not representative.**", ""]
-    lines += ["| figure | measured | target | met? |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r.figure} | {r.measured} | {r.target} | {r.verdict} |" for r in report.rows]
+    lines += table(report.rows)
     lines += ["", "### Details", ""]
     lines += [f"- {n}" for n in report.notes]
     lines += [
@@ -875,21 +810,6 @@ def section(cfg: Config, report: Report, started: dt.datetime, quiet_note: str) 
         END_MARK,
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, text: str) -> None:
-    if not path.exists():
-        path.write_text(text)
-        return
-    current = path.read_text()
-    start, end = current.find(START_MARK), current.find(END_MARK)
-    if start != -1 and end > start:
-        updated = current[:start] + text.rstrip("\n") + current[end + len(END_MARK):]
-        if not updated.endswith("\n"):
-            updated += "\n"
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated)
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -962,12 +882,9 @@ def main() -> int:
                                     f"{(str(exc).splitlines() or [''])[0]}", "runs", False))
         say(str(exc))
     say(f"\n(took {time.monotonic() - t_start:.0f} s)\n")
-    say("| figure | measured | target | met? |")
-    say("| --- | --- | --- | --- |")
-    for r in report.rows:
-        say(f"| {r.figure} | {r.measured} | {r.target} | {r.verdict} |")
+    say("\n".join(table(report.rows)))
     if results is not None and not failed:
-        write_section(results, section(cfg, report, started, quiet_note))
+        write_section(results, section(cfg, report, started, quiet_note), START_MARK, END_MARK)
         say(f"\nupdated the prompt section of {results}")
     elif results is None:
         say("\n(not written to a file: pass --results PATH, or run the full benchmark with "

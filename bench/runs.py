@@ -41,11 +41,9 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,7 +52,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
@@ -64,12 +62,34 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402
+    FOREIGN_LIMIT_PCT,
+    PG_ADMIN_URL,
+    REDIS_URL,
+    Report,
+    Row,
+    Service,
+    all_cpu_seconds,
+    busy_pct,
+    clean_env,
+    cli_command,
+    consuming,
+    cpu_model,
+    drop_queue,
+    free_port,
+    machine_busy,
+    package_versions,
+    queue_keys,
+    run_cli,
+    say,
+    table,
+    task_errors,
+    wait_for_quiet,
+    write_section,
+)
 from responder.models.times import parse_rfc3339_ns  # noqa: E402
 
 DEFAULT_RESULTS = ROOT / "bench" / "RESULTS.md"
-PG_ADMIN_URL = os.environ.get("DRIFT_BENCH_PG_ADMIN_URL",
-                              "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("DRIFT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 START_MARK = "<!-- runs:start -->"
 END_MARK = "<!-- runs:end -->"
 RULE = "Drop and execute new binary in container"
@@ -122,36 +142,6 @@ class Config:
                    batch=100, timeout_s=600, compare=True)
 
 
-@dataclasses.dataclass
-class Row:
-    figure: str
-    measured: str
-    target: str = "-"
-    met: bool | None = None
-
-    @property
-    def verdict(self) -> str:
-        return "-" if self.met is None else "yes" if self.met else "**NO**"
-
-
-@dataclasses.dataclass
-class Report:
-    rows: list[Row] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-        say(f"  {row.figure}: {row.measured}  (target {row.target}; met: {row.verdict})")
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        say(f"  - {text}")
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
 def pct(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     ordered = sorted(values)
@@ -185,30 +175,6 @@ def wait_for_other_benchmarks(poll_s: float = 30.0, max_wait_s: float = 1200.0) 
 
 # ------------------------------------------------------------------------------------- CPU use
 
-def _all_cpu() -> dict[int, tuple[str, float]]:
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, tuple[str, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        head, _, rest = raw.rpartition(")")
-        fields = rest.split()
-        out[int(entry)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / tick)
-    return out
-
-
-def _machine() -> tuple[float, float]:
-    with open("/proc/stat") as fh:
-        values = [int(v) for v in fh.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return float(sum(values) - idle), float(sum(values))
-
-
 class CpuMeter:
     """CPU (% of one core) per role between start() and stop(): our services by pid, PostgreSQL,
     Redis, this process, kernel threads, and everything else ("other": foreign work)."""
@@ -219,14 +185,13 @@ class CpuMeter:
 
     def start(self) -> None:
         self._t = time.perf_counter()
-        self._all = _all_cpu()
-        self._busy = _machine()
+        self._all = all_cpu_seconds()
+        self._busy = machine_busy()
 
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self._t
-        now = _all_cpu()
-        busy, total = _machine()
-        cores = os.cpu_count() or 1
+        now = all_cpu_seconds()
+        machine = busy_pct(self._busy, machine_busy())
         used: dict[str, float] = {}
         others: dict[str, float] = {}
         for pid, (name, seconds) in now.items():
@@ -248,27 +213,9 @@ class CpuMeter:
                 role = "other"
                 others[name] = others.get(name, 0.0) + 100 * delta / wall
             used[role] = used.get(role, 0.0) + 100 * delta / wall
-        used["machine"] = 100 * cores * (busy - self._busy[0]) / max(1.0, total - self._busy[1])
+        used["machine"] = machine
         self.others = sorted(others.items(), key=lambda kv: -kv[1])[:4]
         return used
-
-
-#: Foreign CPU (% of one core) above which a phase is flagged as measured on a shared machine.
-FOREIGN_LIMIT_PCT = 25.0
-
-
-def wait_for_quiet(max_wait_s: float = 120.0, window_s: float = 2.0) -> float:
-    """Wait (at most ``max_wait_s``) until the machine is nearly idle; returns the last busy %."""
-    deadline = time.monotonic() + max_wait_s
-    cores = os.cpu_count() or 1
-    while True:
-        busy0, total0 = _machine()
-        time.sleep(window_s)
-        busy1, total1 = _machine()
-        busy = 100 * cores * (busy1 - busy0) / max(1.0, total1 - total0)
-        if busy <= FOREIGN_LIMIT_PCT or time.monotonic() > deadline:
-            return busy
-        say(f"  (machine busy with other work: {busy:.0f}% of a core; waiting)")
 
 
 def flag_shared(report: Report, phase: str, used: dict[str, float], meter: CpuMeter) -> None:
@@ -291,23 +238,6 @@ def describe_cpu(used: dict[str, float], meter: CpuMeter) -> str:
 
 # ------------------------------------------------------------------------------------ the stack
 
-def cli_command() -> list[str]:
-    script = Path(sys.executable).parent / "drift-responder"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("drift-responder")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "responder"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def make_alert(container: int) -> dict[str, Any]:
     from tests.support.samples import drift_alert
 
@@ -316,54 +246,22 @@ def make_alert(container: int) -> dict[str, Any]:
     return alert
 
 
-@dataclasses.dataclass
-class Service:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 25) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM to the process group this benchmark started, then SIGKILL if it lingers."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        else:  # the leader exited; make sure nothing of its group survives
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
 class Stack:
     """Throw-away database, Redis prefix and queue, playbook dir, and the four processes."""
+
+    #: In the names of the throw-away database, Redis prefix, queue and directory; with the
+    #: playbook, what a subclass (bench/prompt.py's) changes.
+    label = "runs"
+    playbook_name = PLAYBOOK_NAME
+    playbook = PLAYBOOK
 
     def __init__(self, workdir: Path, *, beat: bool = True,
                  extra_env: dict[str, str] | None = None) -> None:
         suffix = secrets.token_hex(4)
         self.workdir = workdir
-        self.dbname = f"drift_bench_runs_{suffix}"
-        self.prefix = f"drift-bench-runs-{suffix}:"
-        self.queue = f"drift-bench-runs-{suffix}"
+        self.dbname = f"drift_bench_{self.label}_{suffix}"
+        self.prefix = f"drift-bench-{self.label}-{suffix}:"
+        self.queue = f"drift-bench-{self.label}-{suffix}"
         self.token = secrets.token_hex(16)
         self.db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.dbname}"
         self.playbooks = workdir / "playbooks"
@@ -371,14 +269,13 @@ class Stack:
         self.url = ""
         self.redis: Any = redis.Redis.from_url(REDIS_URL)  # sync client (stubs union awaitables)
         self._db: psycopg.Connection[Any] | None = None
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFT_")}
-        self.env.update({
+        self.env = clean_env({
             "DRIFT_DATABASE_URL": self.db_url, "DRIFT_REDIS_URL": REDIS_URL,
             "DRIFT_REDIS_PREFIX": self.prefix, "DRIFT_QUEUE": self.queue,
             "DRIFT_PLAYBOOKS_DIR": str(self.playbooks), "DRIFT_INGEST_TOKEN": self.token,
             "DRIFT_DATA_DIR": str(workdir / "data"),
+            **(extra_env or {}),
         })
-        self.env.update(extra_env or {})
         self.with_beat = beat
         self.beat: Service | None = None
 
@@ -387,22 +284,16 @@ class Stack:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.dbname}"')
         self.playbooks.mkdir()
-        (self.playbooks / "bench-three-notes.yaml").write_text(textwrap.dedent(PLAYBOOK))
+        (self.playbooks / f"{self.playbook_name}.yaml").write_text(
+            textwrap.dedent(self.playbook))
         for args in (["db", "upgrade"], ["playbooks", "lint"]):
-            done = subprocess.run([*cli_command(), "--log-level", "warning", *args],
-                                  env=self.env, cwd=self.workdir, capture_output=True,
-                                  text=True, timeout=120, check=False)
+            done = run_cli(args, env=self.env, cwd=self.workdir, timeout_s=120)
             if done.returncode != 0:
                 raise RuntimeError(f"drift-responder {' '.join(args)} failed:\n"
                                    f"{done.stdout}\n{done.stderr}")
 
     def start(self, name: str, *args: str) -> Service:
-        log_path = self.workdir / f"{name}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([*cli_command(), *args], env=self.env, cwd=self.workdir,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        service = Service(name, proc, log_path)
+        service = Service.start(name, [*cli_command(), *args], env=self.env, cwd=self.workdir)
         self.services.append(service)
         return service
 
@@ -439,9 +330,7 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
-            blocked = {int(c["addr"].rsplit(":", 1)[1]) for c in self.redis.client_list()
-                       if c.get("cmd") in ("brpop", "blpop") and "b" in c.get("flags", "")}
-            if all(tcp_ports(w.pid) & blocked for w in self.workers):
+            if consuming(self.redis, [w.pid for w in self.workers]):
                 return
             time.sleep(0.1)
         raise RuntimeError("the workers did not start consuming in time:\n" + "\n".join(
@@ -458,16 +347,10 @@ class Stack:
         return {s.pid: s.name for s in self.services}
 
     def queue_length(self) -> int:
-        return sum(int(self.redis.llen(k)) for k in self.queue_keys())
-
-    def queue_keys(self) -> list[str]:
-        sep = "\x06\x16"
-        return [self.queue, *(f"{self.queue}{sep}{p}" for p in (3, 6, 9))]
+        return sum(int(self.redis.llen(k)) for k in queue_keys(self.queue))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cli_command(), "--log-level", "warning", *args], env=self.env,
-                              cwd=self.workdir, capture_output=True, text=True, timeout=600,
-                              check=False)
+        return run_cli(args, env=self.env, cwd=self.workdir)
 
     # -- tear-down -------------------------------------------------------------------------
     def destroy(self) -> list[str]:
@@ -495,73 +378,48 @@ class Stack:
 
     def _clean_redis(self) -> list[str]:
         r = self.redis
-        keys = list(r.scan_iter(match=f"{self.prefix}*", count=1000))
-        keys += list(r.scan_iter(match=f"*{self.queue}*", count=1000))
-        keys += [k.encode() for k in (*self.queue_keys(), f"_kombu.binding.{self.queue}",
-                                      f"_kombu.binding_permanent.{self.queue}")]
-        deleted = 0
-        unique = list(dict.fromkeys(keys))
-        for i in range(0, len(unique), 500):
-            deleted += int(r.delete(*unique[i:i + 500]))
-        r.zrem("_kombu.binding_deadlines", self.queue)
-        # Messages of our queue still in kombu's shared unacked hash (a worker stopped mid-task).
-        stale = []
-        for tag, raw in r.hscan_iter("unacked", count=1000):
-            with contextlib.suppress(ValueError, TypeError, IndexError):
-                _, exchange, routing_key = json.loads(raw)
-                if self.queue in (exchange, routing_key):
-                    stale.append(tag)
-        if stale:
-            r.hdel("unacked", *stale)
-            r.zrem("unacked_index", *stale)
+        # The prefix's keys go with the queue (and its messages still in kombu's shared unacked
+        # hash: a worker stopped mid-task).
+        deleted, stale = drop_queue(r, self.queue,
+                                    list(r.scan_iter(match=f"{self.prefix}*", count=1000)))
         left = list(r.scan_iter(match=f"*{self.queue}*", count=1000))
         left += list(r.scan_iter(match=f"{self.prefix}*", count=1000))
         say(f"cleaned up: database {self.dbname} dropped, {deleted} Redis keys deleted "
-            f"(prefix {self.prefix}, queue {self.queue}), {len(stale)} unacked messages removed")
+            f"(prefix {self.prefix}, queue {self.queue}), {stale} unacked messages removed")
         return [f"Redis keys left behind: {left[:5]}"] if left else []
 
 
-def tcp_ports(pid: int) -> set[int]:
-    """Local TCP ports of a process's sockets (from /proc)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as fh:
-            next(fh)
-            for line in fh:
-                fields = line.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+S = TypeVar("S", bound=Stack)
+
+
+@contextlib.contextmanager
+def stack_up(stack: S, keep_logs: Path | None) -> Iterator[S]:
+    """``stack`` created and launched; its services' log tails printed if anything fails; their
+    logs copied to ``keep_logs`` (if given) and the stack destroyed in any case."""
+    try:
+        stack.create()
+        stack.launch()
+        yield stack
+    except BaseException:
+        for s in stack.services:
+            say(f"--- {s.name} (pid {s.pid}) log tail:\n{s.tail()}")
+        raise
+    finally:
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for s in stack.services:
+                with contextlib.suppress(OSError):
+                    shutil.copy(s.log_path, keep_logs / s.log_path.name)
+        for problem in stack.destroy():
+            say(f"! {problem}")
 
 
 @contextlib.contextmanager
 def running_stack(keep_logs: Path | None, *, beat: bool = True,
                   extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
-    with tempfile.TemporaryDirectory(prefix="drift-bench-runs-") as tmp:
-        stack = Stack(Path(tmp), beat=beat, extra_env=extra_env)
-        try:
-            stack.create()
-            stack.launch()
-            yield stack
-        except BaseException:
-            for s in stack.services:
-                say(f"--- {s.name} (pid {s.pid}) log tail:\n{s.tail()}")
-            raise
-        finally:
-            if keep_logs is not None:
-                keep_logs.mkdir(parents=True, exist_ok=True)
-                for s in stack.services:
-                    with contextlib.suppress(OSError):
-                        shutil.copy(s.log_path, keep_logs / s.log_path.name)
-            for problem in stack.destroy():
-                say(f"! {problem}")
+    with tempfile.TemporaryDirectory(prefix="drift-bench-runs-") as tmp, \
+            stack_up(Stack(Path(tmp), beat=beat, extra_env=extra_env), keep_logs) as stack:
+        yield stack
 
 
 # ----------------------------------------------------------------------------------- measuring
@@ -826,7 +684,7 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
         "('step.started', 'step.succeeded', 'step.failed', 'run.started', 'run.finished') "
         "GROUP BY kind", (ids,)).fetchall())
     sweeps = beat_sweeps(stack.beat.log()) if stack.beat else "no beat"
-    errors = task_errors("".join(w.log() for w in stack.workers))
+    errors = task_errors("".join(w.log() for w in stack.workers), stale_events=True)
     report.note(
         f"{tag}: posting {n:,} alerts in {-(-n // cfg.batch)} requests took "
         f"{(posted - t0) / 1e9:.2f} s ({n / max(1e-9, (posted - t0) / 1e9):,.0f} alerts/s); "
@@ -840,22 +698,6 @@ def bench_throughput(stack: Stack, poster: Poster, cfg: Config, report: Report,
                                    trajectory[::step] else [])
     report.note(f"{tag}: progress (s: runs succeeded / messages queued): " + ", ".join(
         f"{t:.1f}: {d}/{q}" for t, d, q in picked))
-
-
-TASK_ERROR = re.compile(r"Task (drift\.\w+)\[[^\]]*\] raised unexpected: (\w+)\((.*)\)\s*$",
-                        re.MULTILINE)
-
-
-def task_errors(log: str) -> dict[str, int]:
-    """'task: exception: message' -> count, from the Celery workers' logs."""
-    counts: dict[str, int] = {}
-    for task, exc, message in TASK_ERROR.findall(log):
-        key = f"{task}: {exc}: {message.strip(chr(34) + chr(39))[:160]}"
-        counts[key] = counts.get(key, 0) + 1
-    stale = log.count('"event": "run.stale_event"')
-    if stale:
-        counts["run.stale_event log lines"] = stale
-    return counts
 
 
 def beat_sweeps(log: str) -> dict[str, int]:
@@ -879,16 +721,8 @@ def check_audit(stack: Stack, report: Report) -> None:
 # ------------------------------------------------------------------------------------- results
 
 def machine_facts() -> str:
-    model = ""
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as fh:
-        model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    versions = []
-    import importlib.metadata
-
-    for dist in ("celery", "kombu", "redis", "psycopg", "SQLAlchemy"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions.append(f"{dist} {importlib.metadata.version(dist)}")
-    return (f"{os.cpu_count()} cores ({model or platform.machine()}), Python "
+    versions = package_versions(("celery", "kombu", "redis", "psycopg", "SQLAlchemy"))
+    return (f"{os.cpu_count()} cores ({cpu_model() or platform.machine()}), Python "
             f"{platform.python_version()}, {', '.join(versions)}")
 
 
@@ -908,8 +742,7 @@ def section(cfg: Config, report: Report, started: dt.datetime) -> str:
     ]
     if cfg.quick:
         lines += ["**Quick smoke-test run: the figures are not representative.**", ""]
-    lines += ["| figure | measured | target | met? |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r.figure} | {r.measured} | {r.target} | {r.verdict} |" for r in report.rows]
+    lines += table(report.rows)
     lines += ["", "### Details", ""]
     lines += [f"- {n}" for n in report.notes]
     lines += [
@@ -939,21 +772,6 @@ def section(cfg: Config, report: Report, started: dt.datetime) -> str:
         END_MARK,
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, text: str) -> None:
-    if not path.exists():
-        path.write_text(text)
-        return
-    current = path.read_text()
-    start, end = current.find(START_MARK), current.find(END_MARK)
-    if start != -1 and end > start:
-        updated = current[:start] + text.rstrip("\n") + current[end + len(END_MARK):]
-        if not updated.endswith("\n"):
-            updated += "\n"
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated)
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -1045,12 +863,9 @@ def main() -> int:
                                     f"{(str(exc).splitlines() or [''])[0]}", "runs", False))
         say(str(exc))
     say(f"\n(took {time.monotonic() - t_start:.0f} s)\n")
-    say("| figure | measured | target | met? |")
-    say("| --- | --- | --- | --- |")
-    for r in report.rows:
-        say(f"| {r.figure} | {r.measured} | {r.target} | {r.verdict} |")
+    say("\n".join(table(report.rows)))
     if results is not None and not failed:
-        write_section(results, section(cfg, report, started))
+        write_section(results, section(cfg, report, started), START_MARK, END_MARK)
         say(f"\nupdated the runs section of {results}")
     elif results is None:
         say("\n(not written to a file: pass --results PATH, or run the full benchmark with "
