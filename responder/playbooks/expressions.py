@@ -40,6 +40,9 @@ def is_template(value: object) -> bool:
 
 def check_expression(source: str) -> nodes.Expr:
     """Parse an expression (the ``if`` of a step) or raise :class:`ExpressionError`."""
+    if not source.strip():
+        # Parsed as-is it would be "()", always false: a step that silently never runs.
+        raise ExpressionError("empty expression: write a condition, or leave out 'if'")
     try:
         parsed = environment().parse("{{ (" + source + ") }}")
     except TemplateSyntaxError as exc:

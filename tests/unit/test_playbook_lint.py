@@ -420,6 +420,22 @@ def test_if_with_bad_syntax_is_reported(catalog: Catalog) -> None:
     assert problems[0].message.startswith("bad expression 'alert.priority =='")
 
 
+@pytest.mark.parametrize("condition", ['""', "'   '"])
+def test_an_empty_if_is_reported_not_taken_as_always_false(catalog: Catalog,
+                                                            condition: str) -> None:
+    problems = lint(f"""\
+        name: a
+        match: {{rules: [x]}}
+        steps:
+          - id: note
+            uses: core.note
+            if: {condition}
+            with: {{message: hi}}
+        """, catalog)
+    assert [(p.line, p.column) for p in problems] == [(6, 9)]
+    assert problems[0].message == "empty expression: write a condition, or leave out 'if'"
+
+
 def test_template_with_bad_syntax_is_reported_at_the_parameter(catalog: Catalog) -> None:
     problems = lint("""\
         name: a
