@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from alembic import command
@@ -10,13 +9,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import OperationalError
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: Any constant works; it only has to be the same for every process that may migrate at once.
 _PG_MIGRATION_LOCK = 0x6472696674
-#: How long a process keeps trying to open a SQLite store another one is setting up.
-_SQLITE_OPEN_RETRY_S = 30.0
 
 
 def _config(connection: Connection) -> Config:
@@ -27,7 +23,7 @@ def _config(connection: Connection) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with _connect(engine) as connection:
+    with engine.connect() as connection:
         # Several processes starting together must not race to create the same tables.
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
@@ -45,21 +41,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"),
                                    {"k": _PG_MIGRATION_LOCK})
                 connection.commit()
-
-
-def _connect(engine: Engine) -> Connection:
-    """A connection; on SQLite, retried while another process turns a fresh file to WAL: that
-    change needs the file to itself, and SQLite refuses a connection wanting it meanwhile at
-    once ("database is locked") rather than waiting its busy timeout."""
-    deadline = time.monotonic() + _SQLITE_OPEN_RETRY_S
-    while True:
-        try:
-            return engine.connect()
-        except OperationalError as exc:
-            if engine.dialect.name != "sqlite" or "database is locked" not in str(exc) or \
-                    time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
 
 
 def current_revision(engine: Engine) -> str | None:
