@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -29,6 +29,12 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _RUNTIME_PREFIX = re.compile(r"^[a-z0-9.-]+://")
 
 MAX_OUTPUT_FIELDS = 1024
+# Lengths the model and the hand-written check (_parse_plain) both enforce.
+MAX_UUID = 128
+MAX_RULE = 1024
+MAX_TEXT = 256 * 1024  # output, message
+MAX_LABEL = 256  # source, hostname
+MAX_TAGS = 256
 #: Falco payloads are a few levels deep; anything deeper is refused before it is hashed or stored.
 MAX_DEPTH = 16
 
@@ -38,16 +44,16 @@ class FalcoPayload(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    uuid: str | None = Field(default=None, min_length=1, max_length=128)
-    rule: str = Field(min_length=1, max_length=1024)
+    uuid: str | None = Field(default=None, min_length=1, max_length=MAX_UUID)
+    rule: str = Field(min_length=1, max_length=MAX_RULE)
     priority: Priority
     time: int | None = Field(default=None, description="ns since the epoch (parsed from RFC 3339)")
-    output: str = Field(default="", max_length=256 * 1024)
-    source: str | None = Field(default=None, max_length=256)
-    hostname: str | None = Field(default=None, max_length=256)
-    tags: list[str] = Field(default_factory=list, max_length=256)
+    output: str = Field(default="", max_length=MAX_TEXT)
+    source: str | None = Field(default=None, max_length=MAX_LABEL)
+    hostname: str | None = Field(default=None, max_length=MAX_LABEL)
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
     output_fields: dict[str, FieldValue] = Field(default_factory=dict)
-    message: str | None = Field(default=None, max_length=256 * 1024)
+    message: str | None = Field(default=None, max_length=MAX_TEXT)
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -159,6 +165,17 @@ _NO_FIELDS: dict[str, Any] = {}
 _NO_TAGS: list[str] = []
 #: Priority spellings seen (exact text -> level), so that a storm's alerts skip the parsing.
 _PRIORITY_TEXT: dict[str, Priority] = {}
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    """Keep ``value`` in one of the per-value caches below, which a storm repeats from: bounded
+    (emptied when full), so that hostile variety costs misses, not memory."""
+    if len(cache) >= _SHARED_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _parse_plain(item: dict[str, Any], raw: RawJson | None) -> Alert | None:
@@ -167,10 +184,10 @@ def _parse_plain(item: dict[str, Any], raw: RawJson | None) -> Alert | None:
     model decides, and explains what is wrong; tests hold both paths to the same results."""
     get = item.get
     uuid = get("uuid")
-    if uuid is not None and (type(uuid) is not str or not 0 < len(uuid) <= 128):
+    if uuid is not None and (type(uuid) is not str or not 0 < len(uuid) <= MAX_UUID):
         return None
     rule = get("rule")
-    if type(rule) is not str or not 0 < len(rule) <= 1024:
+    if type(rule) is not str or not 0 < len(rule) <= MAX_RULE:
         return None
     text = get("priority")
     if type(text) is not str:
@@ -178,11 +195,9 @@ def _parse_plain(item: dict[str, Any], raw: RawJson | None) -> Alert | None:
     priority = _PRIORITY_TEXT.get(text)
     if priority is None:
         try:
-            priority = Priority.parse(text)
+            priority = _remember(_PRIORITY_TEXT, text, Priority.parse(text))
         except ValueError:
             return None
-        if len(_PRIORITY_TEXT) < 64:
-            _PRIORITY_TEXT[text] = priority
     stamp = get("time")
     time_ns: int | None = None
     if stamp is not None:
@@ -193,16 +208,16 @@ def _parse_plain(item: dict[str, Any], raw: RawJson | None) -> Alert | None:
         except ValueError:
             return None
     output = get("output", "")
-    if type(output) is not str or len(output) > 256 * 1024:
+    if type(output) is not str or len(output) > MAX_TEXT:
         return None
     source, hostname, message = get("source"), get("hostname"), get("message")
-    if ((source is not None and (type(source) is not str or len(source) > 256))
-            or (hostname is not None and (type(hostname) is not str or len(hostname) > 256))
-            or (message is not None and (type(message) is not str
-                                         or len(message) > 256 * 1024))):
+    if ((source is not None and (type(source) is not str or len(source) > MAX_LABEL))
+            or (hostname is not None and (type(hostname) is not str
+                                          or len(hostname) > MAX_LABEL))
+            or (message is not None and (type(message) is not str or len(message) > MAX_TEXT))):
         return None
     tags = get("tags", _NO_TAGS)
-    if type(tags) is not list or len(tags) > 256 or any(type(t) is not str for t in tags):
+    if type(tags) is not list or len(tags) > MAX_TAGS or any(type(t) is not str for t in tags):
         return None
     fields = get("output_fields", _NO_FIELDS)
     if type(fields) is not dict or len(fields) > MAX_OUTPUT_FIELDS:
@@ -278,7 +293,7 @@ def _normalised(item: dict[str, Any], raw: RawJson | None, uuid: str | None, rul
     name, namespace = _text(get("container.name")), _text(get("k8s.ns.name"))
     pod, pod_uid, image = _text(get("k8s.pod.name")), _text(get("k8s.pod.uid")), _image(fields)
     # These values become indexed columns: a clear refusal beats a database error.
-    bounded = (("uuid", uuid, 128), ("rule", rule, 1024), ("hostname", node, 253),
+    bounded = (("uuid", uuid, MAX_UUID), ("rule", rule, MAX_RULE), ("hostname", node, 253),
                ("output_fields['container.id']", short_id, 128),
                ("output_fields['container.name']", name, 256),
                ("output_fields['k8s.ns.name']", namespace, 253),
@@ -289,11 +304,13 @@ def _normalised(item: dict[str, Any], raw: RawJson | None, uuid: str | None, rul
         if value is not None and (len(value) > limit or "\x00" in value):
             raise InvalidAlert(_bound_problems(bounded))
     tag_tuple = tuple(tags)
+    shared_tags = _SHARED_TAGS.get(tag_tuple)
+    if shared_tags is None:
+        shared_tags = _remember(_SHARED_TAGS, tag_tuple, tag_tuple)
     return Alert(
         uuid or stable_alert_id(item), keep(rule, rule), priority, time_ns, output,
-        _text(source), node, _SHARED_TAGS.setdefault(tag_tuple, tag_tuple)
-        if len(_SHARED_TAGS) < _SHARED_MAX else tag_tuple,
-        fields, short_id, full_id, name, namespace, pod, pod_uid, image,
+        _text(source), node, shared_tags, fields, short_id, full_id, name, namespace, pod,
+        pod_uid, image,
         # orjson's output keeps a 16 KiB allocation whatever its length: copy what is kept.
         memoryview(orjson.dumps(item)).tobytes() if raw is None else raw,
     )
@@ -341,16 +358,12 @@ _CONTAINER_IDS: dict[tuple[FieldValue, FieldValue], tuple[str | None, str | None
 
 def _container_ids(short_sent: FieldValue,
                    full_sent: FieldValue) -> tuple[str | None, str | None]:
+    if type(short_sent) is list or type(full_sent) is list:  # not hashable, and never an id
+        return _normalised_container_ids(short_sent, full_sent)
     key = (short_sent, full_sent)
-    if type(short_sent) is not list and type(full_sent) is not list:  # hashable
-        found = _CONTAINER_IDS.get(key)
-        if found is not None:
-            return found
-    found = _normalised_container_ids(short_sent, full_sent)
-    if type(short_sent) is not list and type(full_sent) is not list:
-        if len(_CONTAINER_IDS) >= _SHARED_MAX:
-            _CONTAINER_IDS.clear()
-        _CONTAINER_IDS[key] = found
+    found = _CONTAINER_IDS.get(key)
+    if found is None:
+        found = _remember(_CONTAINER_IDS, key, _normalised_container_ids(short_sent, full_sent))
     return found
 
 

@@ -24,23 +24,20 @@ _SECONDS_MAX = 4096
 
 def parse_rfc3339_ns(text: str) -> int:
     """RFC 3339 text (fraction up to 9 digits, ``Z`` or an offset) -> ns since the epoch, UTC."""
-    falco_format = len(text) == 30 and text[19] == "." and text[29] == "Z"
-    if falco_format:
-        fraction = text[20:29]
-        if fraction.isdigit() and fraction.isascii():
-            second = _SECONDS.get(text[:19])
-            if second is not None:
-                return second + int(fraction)
-        else:
-            falco_format = False
-    value = _parse_rfc3339_ns(text)
-    if falco_format:
-        second = value - int(text[20:29])
-        if second >= -MAX_NS and second + _NS - 1 <= MAX_NS:  # any fraction stays in range
-            if len(_SECONDS) >= _SECONDS_MAX:
-                _SECONDS.clear()
-            _SECONDS[text[:19]] = second
-    return value
+    fraction = text[20:29]
+    if not (len(text) == 30 and text[19] == "." and text[29] == "Z" and fraction.isdigit()
+            and fraction.isascii()):
+        return _parse_rfc3339_ns(text)
+    second = _SECONDS.get(text[:19])
+    if second is None:
+        value = _parse_rfc3339_ns(text)
+        second = value - int(fraction)
+        if second < -MAX_NS or second + _NS - 1 > MAX_NS:  # some fraction would be out of range
+            return value
+        if len(_SECONDS) >= _SECONDS_MAX:
+            _SECONDS.clear()
+        _SECONDS[text[:19]] = second
+    return second + int(fraction)
 
 
 def _parse_rfc3339_ns(text: str) -> int:

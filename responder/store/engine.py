@@ -46,10 +46,15 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def make_sqlite_directory(url: str) -> None:
+    """SQLite creates its file but not the file's directory (a fresh data directory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+
+
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    make_sqlite_directory(url)
     kwargs.setdefault("connect_args", {"check_same_thread": False,
                                        "timeout": SQLITE_BUSY_TIMEOUT_S})
     engine = create_engine(url, **kwargs)

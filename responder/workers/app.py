@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
 from kombu.transport import sqlalchemy as kombu_sql
-from sqlalchemy.engine import make_url
 
 from responder.plugins.notify.slack import RateLimited, Transient
 from responder.settings import Settings
+from responder.store.engine import make_sqlite_directory
 from responder.workers.executing import Executor
 
 _state: dict[str, Any] = {}
@@ -38,11 +37,9 @@ _SQL_BROKER_SCHEMES = ("sqla+", "sqlalchemy+")
 
 class _SqlBrokerChannel(kombu_sql.Channel):
     def _engine_from_config(self) -> Any:
-        # SQLite makes the file but not its directory: a first command on a fresh data
-        # directory would otherwise fail to declare its queue (and retry for seconds).
-        url = make_url(self.connection.client.hostname)
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+        # Else a first command on a fresh data directory fails to declare its queue (and
+        # retries for seconds).
+        make_sqlite_directory(self.connection.client.hostname)
         return super()._engine_from_config()  # type: ignore[no-untyped-call]  # kombu untyped
 
 
