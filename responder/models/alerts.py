@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -89,6 +90,54 @@ _KNOWN_ALL = frozenset(FalcoPayload.model_fields)
 RawJson = bytes | bytearray | memoryview
 
 
+class OutputFields(Mapping[str, FieldValue]):
+    """An alert's ``output_fields`` (``<NA>`` read as missing: None), decoded from its JSON text
+    when first read. The intake reads only a few of them, which it takes out while validating;
+    holding a dict per alert until its batch is committed cost ~3 us of copying per alert and
+    ~1.3 KB per alert of a storm's memory (bench/PROFILE.md)."""
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: RawJson) -> None:
+        self._raw = raw
+        self._decoded: dict[str, FieldValue] | None = None
+
+    def _data(self) -> dict[str, FieldValue]:
+        decoded = self._decoded
+        if decoded is None:
+            # The text was validated when the alert was made: it decodes to the same fields.
+            sent = orjson.loads(self._raw).get("output_fields") or {}
+            decoded = self._decoded = _without_missing(sent)
+        return decoded
+
+    def __getitem__(self, name: str) -> FieldValue:
+        return self._data()[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._data().get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._data()
+
+    def __repr__(self) -> str:
+        return repr(self._data())
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled as the plain dict it stands for
+        return (dict, (self._data(),))
+
+
+def _without_missing(sent: dict[str, FieldValue]) -> dict[str, FieldValue]:
+    if MISSING not in sent.values():
+        return sent
+    return {k: None if v == MISSING else v for k, v in sent.items()}
+
+
 class Alert(NamedTuple):
     """A validated, normalised alert. ``raw`` is the payload's JSON text as received (for the
     record): bytes, not the decoded dict, which is four times larger and gone once parsed.
@@ -104,7 +153,7 @@ class Alert(NamedTuple):
     source: str | None
     node: str | None
     tags: tuple[str, ...]
-    fields: dict[str, FieldValue]
+    fields: Mapping[str, FieldValue]
     container_id: str | None
     container_full_id: str | None
     container_name: str | None
@@ -230,8 +279,10 @@ def _parse_plain(item: dict[str, Any], raw: RawJson | None) -> Alert | None:
     for key, value in item.items():
         if key not in _KNOWN_ALL and type(value) in (dict, list):
             return None  # extras are allowed, but nested ones need the depth check
+    if raw is None:
+        raw = _json_text(item)
     return _normalised(item, raw, uuid, rule, priority, time_ns, output, source, hostname,
-                       tags, fields)
+                       tags, fields, OutputFields(raw))
 
 
 def _parse_by_model(item: object, raw: RawJson | None) -> Alert:
@@ -258,41 +309,79 @@ def _parse_by_model(item: object, raw: RawJson | None) -> Alert:
     return normalise(payload, item, raw)
 
 
-#: Field values seen recently, so that a storm's alerts share one copy of each repeated value (a
-#: container's alerts differ in a few fields; the rest would be held once per alert until its
-#: batch is committed). Cleared when full; lookups are atomic under the GIL.
-_SHARED: dict[str, str] = {}
+#: Bound on each of the caches below of values a storm repeats (emptied when full).
 _SHARED_MAX = 8192
-_SHARED_LEN = 512
 
 
 def normalise(payload: FalcoPayload, item: dict[str, Any], raw: RawJson | None) -> Alert:
-    return _normalised(item, raw, payload.uuid, payload.rule, payload.priority, payload.time,
-                       payload.output, payload.source, payload.hostname, payload.tags,
-                       payload.output_fields)
+    fields = payload.output_fields
+    return _normalised(item, _json_text(item) if raw is None else raw, payload.uuid,
+                       payload.rule, payload.priority, payload.time, payload.output,
+                       payload.source, payload.hostname, payload.tags, fields,
+                       _without_missing(fields))
 
 
-def _normalised(item: dict[str, Any], raw: RawJson | None, uuid: str | None, rule: str,
+def _json_text(item: dict[str, Any]) -> bytes:
+    # orjson's output keeps a 16 KiB allocation whatever its length: copy what is kept.
+    return memoryview(orjson.dumps(item)).tobytes()
+
+
+def _normalised(item: dict[str, Any], raw: RawJson, uuid: str | None, rule: str,
                 priority: Priority, time_ns: int | None, output: str, source: str | None,
-                hostname: str | None, tags: list[str],
-                output_fields: dict[str, FieldValue]) -> Alert:
-    shared = _SHARED
-    if len(shared) >= _SHARED_MAX:
-        shared.clear()
-    keep = shared.setdefault
-    fields = {k: v if type(v) is not str else None if v == MISSING else
-              keep(v, v) if len(v) <= _SHARED_LEN else v
-              for k, v in output_fields.items()}
-    get = fields.get
+                hostname: str | None, tags: list[str], sent: dict[str, FieldValue],
+                fields: Mapping[str, FieldValue]) -> Alert:
+    """``sent``: output_fields as decoded (``<NA>`` included, which _text reads as missing);
+    ``fields``: what the alert keeps."""
+    get = sent.get
     if time_ns is None:
-        time_ns = _evt_time(fields)
+        time_ns = _evt_time(sent)
     if time_ns is None:
         raise InvalidAlert([Problem("time", "missing, and output_fields has no evt.time")])
     short_id, full_id = _container_ids(get("container.id"), get("container.full_id"))
     node = _text(hostname) or _text(get("evt.hostname"))
-    name, namespace = _text(get("container.name")), _text(get("k8s.ns.name"))
-    pod, pod_uid, image = _text(get("k8s.pod.name")), _text(get("k8s.pod.uid")), _image(fields)
-    # These values become indexed columns: a clear refusal beats a database error.
+    context = (node, _text(get("container.name")), _text(get("k8s.ns.name")),
+               _text(get("k8s.pod.name")), _text(get("k8s.pod.uid")), _image(sent))
+    # A storm repeats a few contexts: checked once each, and one copy of each kept.
+    known = _CONTEXTS.get(context)
+    if known is None or not _bounded(uuid, rule, short_id):
+        problems = _bound_problems(uuid, rule, short_id, context)
+        if problems:
+            raise InvalidAlert(problems)
+        known = _remember(_CONTEXTS, context, context)
+    node, name, namespace, pod, pod_uid, image = known
+    tag_tuple = tuple(tags)
+    shared_tags = _SHARED_TAGS.get(tag_tuple)
+    if shared_tags is None:
+        shared_tags = _remember(_SHARED_TAGS, tag_tuple, tag_tuple)
+    shared_rule = _RULES.get(rule)
+    if shared_rule is None:
+        shared_rule = _remember(_RULES, rule, rule)
+    return Alert(
+        uuid or stable_alert_id(item), shared_rule, priority, time_ns, output,
+        _text(source), node, shared_tags, fields, short_id, full_id, name, namespace, pod,
+        pod_uid, image, raw,
+    )
+
+
+#: Tag lists, rule names and contexts (node, container name, namespace, pod, pod uid, image)
+#: seen recently: a storm's alerts carry the same few.
+_SHARED_TAGS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_RULES: dict[str, str] = {}
+_CONTEXTS: dict[tuple[str | None, ...], tuple[str | None, ...]] = {}
+
+
+def _bounded(uuid: str | None, rule: str, short_id: str | None) -> bool:
+    """The per-alert values within their column limits (the context is checked apart)."""
+    return ((uuid is None or (len(uuid) <= MAX_UUID and "\x00" not in uuid))
+            and len(rule) <= MAX_RULE and "\x00" not in rule
+            and (short_id is None or (len(short_id) <= 128 and "\x00" not in short_id)))
+
+
+def _bound_problems(uuid: str | None, rule: str, short_id: str | None,
+                   context: tuple[str | None, ...]) -> list[Problem]:
+    """What is wrong with the values that become indexed columns (a clear refusal beats a
+    database error); nothing -> []."""
+    node, name, namespace, pod, pod_uid, image = context
     bounded = (("uuid", uuid, MAX_UUID), ("rule", rule, MAX_RULE), ("hostname", node, 253),
                ("output_fields['container.id']", short_id, 128),
                ("output_fields['container.name']", name, 256),
@@ -300,27 +389,6 @@ def _normalised(item: dict[str, Any], raw: RawJson | None, uuid: str | None, rul
                ("output_fields['k8s.pod.name']", pod, 253),
                ("output_fields['k8s.pod.uid']", pod_uid, 64),
                ("output_fields['container.image']", image, 1024))
-    for _, value, limit in bounded:
-        if value is not None and (len(value) > limit or "\x00" in value):
-            raise InvalidAlert(_bound_problems(bounded))
-    tag_tuple = tuple(tags)
-    shared_tags = _SHARED_TAGS.get(tag_tuple)
-    if shared_tags is None:
-        shared_tags = _remember(_SHARED_TAGS, tag_tuple, tag_tuple)
-    return Alert(
-        uuid or stable_alert_id(item), keep(rule, rule), priority, time_ns, output,
-        _text(source), node, shared_tags, fields, short_id, full_id, name, namespace, pod,
-        pod_uid, image,
-        # orjson's output keeps a 16 KiB allocation whatever its length: copy what is kept.
-        memoryview(orjson.dumps(item)).tobytes() if raw is None else raw,
-    )
-
-
-#: Tag lists seen recently (a storm's alerts carry the same few).
-_SHARED_TAGS: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def _bound_problems(bounded: tuple[tuple[str, str | None, int], ...]) -> list[Problem]:
     problems: list[Problem] = []
     for where, value, limit in bounded:
         if value is None:

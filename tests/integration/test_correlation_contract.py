@@ -81,6 +81,23 @@ def test_incident_keeps_highest_priority_rules_and_first_known_context(
                                   "Drop and execute new binary in container": 3}
 
 
+def test_context_missing_from_a_batchs_first_alerts_comes_from_a_later_one_in_it(
+    backends: Backends,
+) -> None:
+    alerts = [drift_alert(5, seq=i) for i in range(4)]
+    for alert in alerts[:3]:
+        alert["output_fields"]["k8s.ns.name"] = "<NA>"
+        alert["output_fields"]["container.image.repository"] = "<NA>"
+    alerts[2]["output_fields"]["container.image.repository"] = "registry.example.com/third"
+    backends.recorder.record([parse_alert(a) for a in alerts])  # one group, one write
+    with backends.engine.connect() as conn:
+        [view] = incidents.list_incidents(conn)
+    assert view.namespace == "shop"  # only the last alert had it
+    assert view.image is not None
+    assert view.image.startswith("registry.example.com/third:")
+    assert view.pod == drift_alert(5)["output_fields"]["k8s.pod.name"]
+
+
 def test_sample_keeps_the_first_and_the_last_alerts(backends: Backends) -> None:
     for start in range(0, 100, 7):  # uneven batches
         backends.recorder.record([parse_alert(drift_alert(4, seq=i))

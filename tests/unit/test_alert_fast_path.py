@@ -6,8 +6,10 @@ refusal with the same reasons.
 from __future__ import annotations
 
 import copy
+import pickle
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -108,3 +110,36 @@ def test_values_just_past_each_limit_are_refused_with_the_models_reasons() -> No
     item = drift_alert(2)
     item["output_fields"] = {f"f{i}": i for i in range(alerts.MAX_OUTPUT_FIELDS + 1)}
     assert _same_as_the_model(item)[0] == "refused"
+
+
+def test_output_fields_read_from_the_json_text_behave_as_the_dict_they_stand_for() -> None:
+    item = drift_alert(1)
+    item["output_fields"]["k8s.pod.uid"] = "<NA>"
+    text = orjson.dumps(item)
+    alert = parse_alert(orjson.loads(text), memoryview(bytearray(text)))
+    assert isinstance(alert.fields, alerts.OutputFields)  # the hand-written path keeps text
+    expected = {k: None if v == "<NA>" else v for k, v in item["output_fields"].items()}
+    assert dict(alert.fields) == expected
+    assert alert.fields == expected
+    assert expected == alert.fields
+    assert alert.fields["k8s.pod.uid"] is None
+    assert "k8s.pod.uid" in alert.fields
+    assert alert.field("proc.name") == item["output_fields"]["proc.name"]
+    assert alert.fields.get("no.such.field", "default") == "default"
+    assert len(alert.fields) == len(expected)
+    assert list(alert.fields) == list(expected)
+    with pytest.raises(KeyError):
+        alert.fields["no.such.field"]
+    assert pickle.loads(pickle.dumps(alert.fields)) == expected
+    assert repr(alert.fields) == repr(expected)
+    assert alert == alerts._parse_by_model(orjson.loads(text), text)
+
+
+def test_an_alert_from_a_json_array_keeps_its_own_text_and_fields() -> None:
+    first, second = drift_alert(1), drift_alert(2)
+    second["output_fields"]["proc.name"] = "other"
+    body = orjson.dumps([first, second])
+    parsed = [parse_alert(item) for item in orjson.loads(body)]
+    assert [a.fields["proc.name"] for a in parsed] == [first["output_fields"]["proc.name"],
+                                                       "other"]
+    assert orjson.loads(parsed[1].raw) == second
