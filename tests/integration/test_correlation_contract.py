@@ -135,6 +135,35 @@ def test_a_storm_is_audited_in_aggregate_not_per_alert(
                for r in received)
 
 
+def test_incidents_due_in_one_write_each_get_their_own_received_record_in_order(
+    backend_kind: str, request: pytest.FixtureRequest,
+) -> None:
+    settings = make_settings(backend_kind, request, audit_every_alerts=3)
+    backends = open_backends(settings)
+    try:
+        shell = "Terminal shell in container"
+        backends.recorder.record(_alerts(7, 1) + _alerts(8, 1, rule=shell) + _alerts(9, 1))
+        backends.recorder.record(_alerts(7, 1, rule=shell))  # 7 has two rules now
+        # One write: 7 and 8 come due, 9 does not (2 new of 3), 10 opens.
+        backends.recorder.record(_alerts(7, 2) + _alerts(8, 3, rule=shell) + _alerts(9, 1)
+                                 + _alerts(10, 1))
+        with backends.engine.connect() as conn:
+            records = list(audit.iter_records(conn))
+            keys = {v.id: v.key for v in incidents.list_incidents(conn)}
+            assert audit.verify(conn).ok
+    finally:
+        backends.close()
+    last_write = records[3:]
+    by_key = {keys[r.incident_id].removeprefix("container:")[:12]: r for r in last_write}
+    assert sorted(by_key) == [f"{c:012x}" for c in (7, 8, 10)]
+    assert by_key[f"{7:012x}"].data == {
+        "alerts": 3, "total": 4, "rules": ["Drop and execute new binary in container", shell]}
+    assert by_key[f"{8:012x}"].data == {"alerts": 3, "total": 4, "rules": [shell]}
+    assert by_key[f"{10:012x}"].kind == "incident.opened"
+    # The records of one write follow their incidents' order (the order rows are locked in).
+    assert [r.incident_id for r in last_write] == sorted(r.incident_id for r in last_write)
+
+
 def test_quiet_incidents_get_their_owed_audit_record_from_the_sweep(
     backend_kind: str, request: pytest.FixtureRequest,
 ) -> None:
