@@ -495,8 +495,11 @@ def run_wrk(url: str, bodies: Path, token: str, content_type: str, *, threads: i
 class Profiler:
     """Optionally samples the ingest with py-spy while a measured run goes on."""
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, directory: Path | None, *, gil: bool = False) -> None:
         self.directory = directory
+        # --gil: only the thread holding the GIL, i.e. where the one core the ingest can use
+        # goes (threads waiting for the GIL otherwise look busy).
+        self.mode = ["--gil"] if gil else ["--threads", "--idle", "--nonblocking"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, pid: int, name: str, duration_s: int) -> None:
@@ -510,7 +513,7 @@ class Profiler:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [str(exe), "record", "--pid", str(pid), "--duration", str(duration_s),
-             "--rate", "250", "--format", "raw", "--threads", "--idle", "--nonblocking",
+             "--rate", "250", "--format", "raw", *self.mode,
              "--output", str(self.directory / f"{name}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -1150,6 +1153,9 @@ def main() -> int:
                              "full run of every benchmark, nowhere otherwise)")
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None, metavar="DIR",
                         help="also sample the ingest with py-spy (raw collapsed stacks) into DIR")
+    parser.add_argument("--py-spy-gil", dest="py_spy_gil", action="store_true",
+                        help="with --py-spy: sample only the thread holding the GIL (where the "
+                             "ingest's one core goes), not every thread")
     parser.add_argument("--duration", type=int, default=None,
                         help="seconds per measured wrk run (default 20, 3 with --quick)")
     parser.add_argument("--storm-total", type=int, default=None,
@@ -1178,7 +1184,7 @@ def main() -> int:
     facts = machine_facts()
     say("machine: " + "; ".join(f"{k}: {v}" for k, v in facts))
     report = Report()
-    profiler = Profiler(args.py_spy)
+    profiler = Profiler(args.py_spy, gil=args.py_spy_gil)
     failures = 0
     runners: dict[str, Callable[[Config, Report, Path, Profiler], None]] = {
         "http-single": lambda c, r, w, p: bench_http_single(c, r, w, p, embedded=False),
