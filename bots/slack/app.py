@@ -10,12 +10,16 @@ public URL and no signing secret: the WebSocket is authenticated instead.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 import structlog
 from slack_bolt import App
 from slack_bolt.adapter.starlette.handler import SlackRequestHandler
 from slack_sdk import WebClient
+from slack_sdk.socket_mode.builtin.client import SocketModeClient
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -31,6 +35,9 @@ from responder.workers.executing import Executor
 
 log = structlog.get_logger("drift.slack")
 
+#: How long a stopping Socket Mode bot waits for the envelopes and listeners in progress.
+STOP_TIMEOUT_S = 25.0
+
 
 def web_client(settings: Settings) -> WebClient:
     if settings.slack_bot_token is None:
@@ -40,17 +47,49 @@ def web_client(settings: Settings) -> WebClient:
 
 
 def create_app(settings: Settings, executor: Executor, dispatcher: Dispatcher,
-               client: WebClient) -> App:
+               client: WebClient, listener_executor: ThreadPoolExecutor | None = None) -> App:
     """The bolt app. ``client`` is the bot's Web API client (``base_url`` from
-    ``DRIFT_SLACK_API_URL``); listeners use it rather than bolt's per-request copy."""
+    ``DRIFT_SLACK_API_URL``); listeners use it rather than bolt's per-request copy.
+    ``listener_executor``: where listeners run after their ack (bolt makes its own if None)."""
     secret = settings.slack_signing_secret.get_secret_value() \
         if settings.slack_signing_secret else ""
-    app = App(client=client, signing_secret=secret, logger=logging.getLogger("drift.slack.bolt"))
+    app = App(client=client, signing_secret=secret, logger=logging.getLogger("drift.slack.bolt"),
+              listener_executor=listener_executor)
     groups = GroupResolver(client)
     Approvals(executor, dispatcher, client, groups).register(app)
     SlashCommands(settings, executor.engine,
                   CommandUsers(settings.slack_command_users, groups)).register(app)
     return app
+
+
+def stop_socket_mode(client: SocketModeClient, listeners: ThreadPoolExecutor,
+                     timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop taking envelopes, let those taken finish, then close the connection.
+
+    Slack redelivers an envelope that was not acked, but not one that was: a click acked and
+    then cut short by the process exiting would be lost (its decision never recorded, the
+    analyst told nothing). So: no new envelopes are taken; the ones being handled finish and
+    send their acks while the socket is still open; the listeners' work after their ack
+    finishes; and only then is the socket closed. Bounded by ``timeout_s`` (Kubernetes kills
+    a pod 30 s after SIGTERM by default)."""
+    log.info("slack.stopping")
+    finished = threading.Event()
+
+    def drain() -> None:
+        # The queue reader loops until `closed` (the socket stays open: acks still go out),
+        # then its runner can be joined; envelopes left queued are not acked, so Slack
+        # redelivers them.
+        client.closed = True
+        client.message_processor.shutdown()  # type: ignore[no-untyped-call]
+        client.message_workers.shutdown(wait=True)  # those taken: handled and acked
+        listeners.shutdown(wait=True)  # listeners' work after their ack
+        finished.set()
+
+    threading.Thread(target=drain, name="slack-drain", daemon=True).start()
+    if not finished.wait(timeout_s):
+        log.warning("slack.stop_timed_out", seconds=timeout_s)
+    client.close()
+    log.info("slack.stopped", drained=finished.is_set())
 
 
 def seen_store(settings: Settings, redis_client: redis.Redis | None) -> SeenStore:
@@ -89,7 +128,8 @@ def run(settings: Settings, executor: Executor, dispatcher: Dispatcher,
         redis_client: redis.Redis | None, *, host: str, port: int) -> None:
     """Serve until stopped: Socket Mode when SLACK_APP_TOKEN is set, else HTTP."""
     client = web_client(settings)
-    app = create_app(settings, executor, dispatcher, client)
+    listeners = ThreadPoolExecutor(max_workers=10, thread_name_prefix="slack-listener")
+    app = create_app(settings, executor, dispatcher, client, listeners)
     if settings.slack_app_token is not None:
         # slack_sdk's built-in client: apps.connections.open with the app token (on
         # DRIFT_SLACK_API_URL), then the WebSocket; it acks each envelope once bolt's listener
@@ -100,7 +140,13 @@ def run(settings: Settings, executor: Executor, dispatcher: Dispatcher,
         handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value(),
                                     web_client=WebClient(base_url=settings.slack_api_url,
                                                          timeout=10))
-        handler.start()  # type: ignore[no-untyped-call]
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        handler.connect()  # type: ignore[no-untyped-call]
+        log.info("slack.socket_mode_connected")
+        stop.wait()
+        stop_socket_mode(handler.client, listeners)
         return
     if settings.slack_signing_secret is None:
         raise ValueError("SLACK_SIGNING_SECRET is not set: HTTP mode cannot verify requests")
@@ -110,3 +156,4 @@ def run(settings: Settings, executor: Executor, dispatcher: Dispatcher,
                         seen_store(settings, redis_client))
     uvicorn.run(create_http_app(app, guard), host=host, port=port, access_log=False,
                 log_level="warning", server_header=False)
+    listeners.shutdown(wait=True)  # uvicorn has answered every request: finish their work

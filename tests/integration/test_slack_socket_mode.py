@@ -10,6 +10,7 @@ tests come last: they leave the bot on a newer connection.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import textwrap
 import time
@@ -305,3 +306,39 @@ def test_the_bot_exits_when_slack_refuses_its_app_token(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr[-3000:]
     assert "not_allowed_token_type" in done.stderr
     assert time.monotonic() - started < 30  # at once, not after retries
+
+
+def test_a_stopped_bot_finishes_an_acked_click_before_it_closes_the_socket_and_exits(
+        tmp_path: Path) -> None:
+    with FakeSlack() as slack, FakeSocketMode(slack) as socket:
+        slack.add_channel(CHANNEL)
+        env = base_env({"DRIFT_DATA_DIR": str(tmp_path), "SLACK_BOT_TOKEN": "xoxb-test",
+                        "SLACK_APP_TOKEN": socket.app_token,
+                        "DRIFT_SLACK_API_URL": slack.base_url})
+        env.pop("SLACK_SIGNING_SECRET", None)
+        proc = subprocess.Popen([*CLI, "bot", "--port", str(free_port())], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            connection = socket.wait_connected(timeout=60)
+            # The click's work after its ack (telling the user no approval waits under that
+            # id) takes 3 s: the stop must wait for it rather than cut it short.
+            slack.delay("chat.postEphemeral", 3.0)
+            envelope = socket.interactive(interactive_payload(block_actions_payload(
+                ALICE, "drift:isolate", "no-such-approval", slack.channel_id(CHANNEL), "1.0")))
+            socket.wait_ack(envelope, timeout=10)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+            ended = time.monotonic()
+            output = proc.stdout.read() if proc.stdout else ""
+            socket.wait_closed(connection, timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert code == 0, output[-3000:]
+    [told] = slack.calls("chat.postEphemeral")
+    assert told.args["user"] == ALICE
+    assert "No approval is waiting" in told.args["text"]
+    assert told.answered_at is not None
+    assert told.answered_at < ended  # the bot was still there for the answer
+    assert "slack.stopped" in output
