@@ -41,7 +41,7 @@ from responder.models.alerts import parse_alert
 from responder.models.times import now_ns
 from responder.playbooks.schema import Playbook
 from responder.plugins.notify.ratelimit import ChannelBucket, RateLimited, SlackLimits
-from responder.plugins.notify.slack import SlackNotifier
+from responder.plugins.notify.slack import SlackNotifier, Transient
 from responder.plugins.notify.slack_blocks import DIGEST_BLOCK_ID
 from responder.plugins.registry import load_all
 from responder.settings import Settings
@@ -49,7 +49,12 @@ from responder.store import audit
 from responder.store.artifacts import ArtifactStore
 from responder.store.schema import incidents as incidents_table
 from responder.workers.executing import Executor
-from responder.workers.notifying import EVIDENCE_SHARED, build_view, sync_incident
+from responder.workers.notifying import (
+    EVIDENCE_SHARED,
+    TRANSIENT_PAUSE_S,
+    build_view,
+    sync_incident,
+)
 from tests.conftest import REDIS_URL, make_settings
 from tests.fakes.slack_api import FakeSlack
 from tests.support.dispatching import RecordingDispatcher
@@ -99,6 +104,7 @@ class Worker:
     queue: list[tuple[float, int, str]] = field(default_factory=list)
     posted_at: list[float] = field(default_factory=list)  # clock times of chat.postMessage
     attempts: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
     log: list[tuple[float, str, str]] = field(default_factory=list)
     _order: Iterator[int] = field(default_factory=itertools.count)
 
@@ -123,6 +129,10 @@ class Worker:
             except RateLimited as exc:
                 self.log.append((self.clock.now, incident, f"wait {exc.retry_after:.3f}"))
                 self.add(incident, self.clock.now + exc.retry_after)
+            except Transient:  # again later, as the Celery task does (1 s, 2 s, 4 s...)
+                self.failures[incident] = self.failures.get(incident, 0) + 1
+                self.log.append((self.clock.now, incident, "transient"))
+                self.add(incident, self.clock.now + 2.0 ** (self.failures[incident] - 1))
             posts = [r for r in self.slack.calls("chat.postMessage")[before:] if r.ok]
             self.posted_at += [self.clock.now] * len(posts)
         raise AssertionError(f"still {len(self.queue)} notifications after {max_steps} steps")
@@ -300,6 +310,24 @@ def test_a_429_keeps_the_prompts_place_and_pauses_the_channel(setup: Setup) -> N
     with setup.backends.engine.connect() as conn:
         rows = conn.execute(select(incidents_table.c.chat_ts)).all()
     assert all(r.chat_ts and r.chat_ts != "posting" for r in rows)
+
+
+def test_a_5xx_keeps_the_prompts_place_and_pauses_the_channel_briefly(setup: Setup) -> None:
+    first, _ = setup.incident(1)
+    second, _ = setup.incident(2)
+    setup.slack.fail("chat.postMessage", 503, times=1)
+    setup.worker.add(first)
+    setup.worker.add(second, setup.worker.clock.now + 0.01)
+    setup.worker.run()
+    outcomes = [(i, o) for _, i, o in setup.worker.log]
+    assert outcomes[0] == (first, "transient")
+    # Behind it: the pause, then a token for the first and one for itself (not straight to a
+    # Slack that is failing).
+    assert outcomes[1] == (second, f"wait {TRANSIENT_PAUSE_S + 2 - 0.01:.3f}")
+    assert (first, "done") in outcomes
+    assert [r.status for r in setup.slack.calls("chat.postMessage")] == [503, 200, 200]
+    prompts = [m for m in setup.messages() if is_prompt(m)]
+    assert [first in json.dumps(m["blocks"]) for m in prompts] == [True, False]
 
 
 def test_several_changes_within_a_second_make_one_update_with_the_latest_state(

@@ -187,9 +187,9 @@ def channel_turn(state: Json, incident: str, now_ms: int, limits: SlackLimits, *
 
 def restore_turn(state: Json, incident: str, turn: Turn, now_ms: int, limits: SlackLimits,
                  pause_s: float | None) -> None:
-    """A granted post did not happen: the incident gets its place back. After a 429
-    (``pause_s``) the channel takes nothing until Retry-After has passed; otherwise the token
-    is given back."""
+    """A granted post did not happen: the incident gets its place back. After a 429 or a 5xx
+    (``pause_s``) the channel takes nothing until that has passed; otherwise the token is
+    given back."""
     waiting: dict[str, list[Any]] = state.setdefault("w", {})
     waiting[incident] = [turn.enqueued_ms, turn.seq,
                          now_ms + int((pause_s or 0) * 1000) + int(limits.grace_s * 1000), 1]
@@ -455,8 +455,9 @@ class ChannelBucket:
         return self.state.transact([chan, index], fn, STATE_TTL_MS)
 
     def restore(self, turn: Turn, incident: str, retry_after: float | None) -> None:
-        """A granted post that did not happen: back to its place. ``retry_after`` (a 429):
-        the channel pauses that long; None: the token is given back."""
+        """A granted post that did not happen: back to its place. ``retry_after`` (a 429's
+        Retry-After, or a short pause after a 5xx): the channel pauses that long; None: the
+        token is given back."""
         now = self._now_ms()
         chan, index = self.channel_key(turn.channel), self._index_key(incident)
 
