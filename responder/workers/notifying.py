@@ -62,9 +62,6 @@ UPLOAD_LOCK_S = 120.0
 #: A refusal re-queues the notification for the time until its turn, but never for longer than
 #: this: a countdown past the broker's visibility timeout would be delivered twice.
 MAX_WAIT_S = 300.0
-#: After a Slack 5xx or a network failure on a first post, the channel takes no new prompt for
-#: this long: during an outage the waiting prompts do not each hit Slack as their turns come.
-TRANSIENT_PAUSE_S = 2.0
 _SHAREABLE = ("application/json", "text/")
 _FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -266,7 +263,7 @@ def sync_incident(engine: Engine, notifier: Notifier, incident_id: str,
             if isinstance(exc, RateLimited):
                 gate.restore(turn, incident_id, exc.retry_after)
             elif isinstance(exc, Transient):
-                gate.restore(turn, incident_id, TRANSIENT_PAUSE_S)
+                gate.failed(turn, incident_id)
         raise
     with engine.begin() as conn:
         conn.execute(update(incidents_table).where(incidents_table.c.id == incident_id)

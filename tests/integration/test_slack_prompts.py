@@ -40,7 +40,12 @@ from responder.intake.planning import RunPlanner
 from responder.models.alerts import parse_alert
 from responder.models.times import now_ns
 from responder.playbooks.schema import Playbook
-from responder.plugins.notify.ratelimit import ChannelBucket, RateLimited, SlackLimits
+from responder.plugins.notify.ratelimit import (
+    FAILURE_PAUSE_S,
+    ChannelBucket,
+    RateLimited,
+    SlackLimits,
+)
 from responder.plugins.notify.slack import SlackNotifier, Transient
 from responder.plugins.notify.slack_blocks import DIGEST_BLOCK_ID
 from responder.plugins.registry import load_all
@@ -49,12 +54,7 @@ from responder.store import audit
 from responder.store.artifacts import ArtifactStore
 from responder.store.schema import incidents as incidents_table
 from responder.workers.executing import Executor
-from responder.workers.notifying import (
-    EVIDENCE_SHARED,
-    TRANSIENT_PAUSE_S,
-    build_view,
-    sync_incident,
-)
+from responder.workers.notifying import EVIDENCE_SHARED, build_view, sync_incident
 from tests.conftest import REDIS_URL, make_settings
 from tests.fakes.slack_api import FakeSlack
 from tests.support.dispatching import RecordingDispatcher
@@ -312,7 +312,8 @@ def test_a_429_keeps_the_prompts_place_and_pauses_the_channel(setup: Setup) -> N
     assert all(r.chat_ts and r.chat_ts != "posting" for r in rows)
 
 
-def test_a_5xx_keeps_the_prompts_place_and_pauses_the_channel_briefly(setup: Setup) -> None:
+def test_5xx_keep_the_prompts_place_and_pause_the_channel_longer_each_time(
+        setup: Setup) -> None:
     first, _ = setup.incident(1)
     second, _ = setup.incident(2)
     setup.slack.fail("chat.postMessage", 503, times=1)
@@ -323,11 +324,22 @@ def test_a_5xx_keeps_the_prompts_place_and_pauses_the_channel_briefly(setup: Set
     assert outcomes[0] == (first, "transient")
     # Behind it: the pause, then a token for the first and one for itself (not straight to a
     # Slack that is failing).
-    assert outcomes[1] == (second, f"wait {TRANSIENT_PAUSE_S + 2 - 0.01:.3f}")
+    assert outcomes[1] == (second, f"wait {FAILURE_PAUSE_S + 2 - 0.01:.3f}")
     assert (first, "done") in outcomes
     assert [r.status for r in setup.slack.calls("chat.postMessage")] == [503, 200, 200]
     prompts = [m for m in setup.messages() if is_prompt(m)]
     assert [first in json.dumps(m["blocks"]) for m in prompts] == [True, False]
+
+    # Failures in a row pause the channel 1 s, 2 s, 4 s...
+    third, _ = setup.incident(3)
+    setup.slack.fail("chat.postMessage", 500, times=3)
+    setup.worker.log.clear()
+    setup.worker.add(third)
+    setup.worker.run()
+    attempts = [t for t, i, o in setup.worker.log if o in ("transient", "done")]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] < gaps[1] < gaps[2], gaps
+    assert gaps[2] >= 4 * FAILURE_PAUSE_S, gaps
 
 
 def test_several_changes_within_a_second_make_one_update_with_the_latest_state(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from responder.plugins.notify import ratelimit
 from responder.plugins.notify.ratelimit import ChannelBucket, SlackLimits, Turn
 from responder.settings import Settings
 from tests.conftest import REDIS_URL
@@ -173,6 +174,24 @@ def test_a_429_gives_the_prompt_its_place_back_and_pauses_the_channel(
     assert turn is not None
     assert turn.kind == "post"
     assert turn.seq == first.seq
+
+
+def test_failed_posts_keep_their_place_and_pause_the_channel_longer_in_a_row_then_forget(
+        bucket: ChannelBucket, clock: Clock) -> None:
+    pauses = []
+    for _ in range(8):
+        granted = bucket.poll("a") or bucket.turn(CHANNEL, "a")
+        assert granted.kind == "post"
+        pauses.append(bucket.failed(granted, "a"))  # Slack answered 5xx
+        assert bucket.waiting(CHANNEL)[0] == "a"  # its place kept
+        behind = bucket.poll("b") or bucket.turn(CHANNEL, "b")
+        assert behind.kind == "wait"  # nobody else gets past the pause
+        clock.advance(pauses[-1] + 1.0)
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    clock.advance(ratelimit.FAILURE_MEMORY_MS / 1000 + 1)  # a while without failures
+    granted = bucket.poll("a")
+    assert granted is not None
+    assert bucket.failed(granted, "a") == ratelimit.FAILURE_PAUSE_S
 
 
 def test_a_token_not_used_goes_back_and_the_place_too(bucket: ChannelBucket) -> None:

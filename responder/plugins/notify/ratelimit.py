@@ -51,6 +51,12 @@ ABANDONED_MS = 3_600_000
 STATE_TTL_MS = 3_600_000
 SENT_TTL_MS = 86_400_000
 STATE_FILE = "slack-limits.db"
+#: After a Slack 5xx or a network failure on a first post the channel takes no new prompt for
+#: 1 s, then 2 s, 4 s... up to 60 s while posts keep failing (forgotten 2 minutes after the
+#: last failure): during an outage the waiting prompts do not each hit Slack as their turns come.
+FAILURE_PAUSE_S = 1.0
+MAX_FAILURE_PAUSE_S = 60.0
+FAILURE_MEMORY_MS = 120_000
 
 
 class RateLimited(Exception):
@@ -187,7 +193,7 @@ def channel_turn(state: Json, incident: str, now_ms: int, limits: SlackLimits, *
 
 def restore_turn(state: Json, incident: str, turn: Turn, now_ms: int, limits: SlackLimits,
                  pause_s: float | None) -> None:
-    """A granted post did not happen: the incident gets its place back. After a 429 or a 5xx
+    """A granted post did not happen: the incident gets its place back. After a 429 or a failure
     (``pause_s``) the channel takes nothing until that has passed; otherwise the token is
     given back."""
     waiting: dict[str, list[Any]] = state.setdefault("w", {})
@@ -198,6 +204,18 @@ def restore_turn(state: Json, incident: str, turn: Turn, now_ms: int, limits: Sl
     else:
         _refill(state, now_ms, limits.rate_per_second, limits.burst)
         pause(state, now_ms, pause_s)
+
+
+def failed_turn(state: Json, incident: str, turn: Turn, now_ms: int,
+                limits: SlackLimits) -> float:
+    """A granted post that Slack failed (5xx, network): the incident keeps its place and the
+    channel pauses, longer each time in a row (see FAILURE_PAUSE_S). -> the pause."""
+    recent = now_ms - int(state.get("fat", 0)) <= FAILURE_MEMORY_MS
+    failures = (int(state.get("f", 0)) if recent else 0) + 1
+    state["f"], state["fat"] = failures, now_ms
+    pause_s = min(MAX_FAILURE_PAUSE_S, FAILURE_PAUSE_S * 2.0 ** (failures - 1))
+    restore_turn(state, incident, turn, now_ms, limits, pause_s)
+    return pause_s
 
 
 def pause(bucket: Json, now_ms: int, pause_s: float) -> None:
@@ -455,9 +473,8 @@ class ChannelBucket:
         return self.state.transact([chan, index], fn, STATE_TTL_MS)
 
     def restore(self, turn: Turn, incident: str, retry_after: float | None) -> None:
-        """A granted post that did not happen: back to its place. ``retry_after`` (a 429's
-        Retry-After, or a short pause after a 5xx): the channel pauses that long; None: the
-        token is given back."""
+        """A granted post that did not happen: back to its place. ``retry_after`` (a 429):
+        the channel pauses that long; None: the token is given back."""
         now = self._now_ms()
         chan, index = self.channel_key(turn.channel), self._index_key(incident)
 
@@ -467,6 +484,18 @@ class ChannelBucket:
             return {chan: state, index: turn.channel}, None
 
         self.state.transact([chan, index], fn, STATE_TTL_MS)
+
+    def failed(self, turn: Turn, incident: str) -> float:
+        """A granted post that Slack failed (5xx, network): see :func:`failed_turn`."""
+        now = self._now_ms()
+        chan, index = self.channel_key(turn.channel), self._index_key(incident)
+
+        def fn(values: Values) -> tuple[Changes, float]:
+            state = values[chan] or {}
+            paused = failed_turn(state, incident, turn, now, self.limits)
+            return {chan: state, index: turn.channel}, paused
+
+        return self.state.transact([chan, index], fn, STATE_TTL_MS)
 
     def refund(self, channel: str) -> None:
         """A granted token that was not used (someone else had posted already)."""
