@@ -499,7 +499,7 @@ class Profiler:
         self.directory = directory
         # --gil: only the thread holding the GIL, i.e. where the one core the ingest can use
         # goes (threads waiting for the GIL otherwise look busy).
-        self.mode = ["--gil"] if gil else ["--threads", "--idle", "--nonblocking"]
+        self.mode = ["--gil", "--nonblocking"] if gil else ["--threads", "--idle", "--nonblocking"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, pid: int, name: str, duration_s: int) -> None:
@@ -1184,6 +1184,8 @@ def main() -> int:
     facts = machine_facts()
     say("machine: " + "; ".join(f"{k}: {v}" for k, v in facts))
     report = Report()
+    if args.py_spy_gil and args.py_spy is None:
+        parser.error("--py-spy-gil needs --py-spy DIR")
     profiler = Profiler(args.py_spy, gil=args.py_spy_gil)
     failures = 0
     runners: dict[str, Callable[[Config, Report, Path, Profiler], None]] = {

@@ -136,7 +136,7 @@ class Launcher:
                 return child
         return None
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         for child in self.plan.children:
             if child.process is not None and child.process.poll() is None:
                 os.killpg(child.process.pid, signal.SIGTERM)

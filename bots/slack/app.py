@@ -10,8 +10,10 @@ public URL and no signing secret: the WebSocket is authenticated instead.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
@@ -63,33 +65,55 @@ def create_app(settings: Settings, executor: Executor, dispatcher: Dispatcher,
 
 
 def stop_socket_mode(client: SocketModeClient, listeners: ThreadPoolExecutor,
-                     timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """Stop taking envelopes, let those taken finish, then close the connection.
+                     timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Stop taking envelopes, let those taken finish, then exit. -> whether everything finished.
 
-    Slack redelivers an envelope that was not acked, but not one that was: a click acked and
-    then cut short by the process exiting would be lost (its decision never recorded, the
-    analyst told nothing). So: no new envelopes are taken; the ones being handled finish and
-    send their acks while the socket is still open; the listeners' work after their ack
-    finishes; and only then is the socket closed. Bounded by ``timeout_s`` (Kubernetes kills
-    a pod 30 s after SIGTERM by default)."""
+    An envelope acked and then cut short by the process exiting would be lost (its decision
+    never recorded, the analyst told nothing). So: no new envelopes are taken; the ones being
+    handled finish and send their acks while the socket is still open; then the socket is
+    closed (Slack stops sending here) and the listeners' work after their ack finishes (it
+    talks to the Web API, not the socket). Bounded by ``timeout_s`` (Kubernetes kills a pod 30
+    s after SIGTERM by default); the caller exits at once when it runs out."""
     log.info("slack.stopping")
     finished = threading.Event()
 
     def drain() -> None:
-        # The queue reader loops until `closed` (the socket stays open: acks still go out),
-        # then its runner can be joined; envelopes left queued are not acked, so Slack
-        # redelivers them.
+        # The queue reader loops until `closed`, then its runner can be joined.
         client.closed = True
         client.message_processor.shutdown()  # type: ignore[no-untyped-call]
         client.message_workers.shutdown(wait=True)  # those taken: handled and acked
+        client.auto_reconnect_enabled = False
+        client.disconnect()
         listeners.shutdown(wait=True)  # listeners' work after their ack
         finished.set()
 
     threading.Thread(target=drain, name="slack-drain", daemon=True).start()
     if not finished.wait(timeout_s):
         log.warning("slack.stop_timed_out", seconds=timeout_s)
+        return False
     client.close()
-    log.info("slack.stopped", drained=finished.is_set())
+    log.info("slack.stopped")
+    return True
+
+
+class StopSignals:
+    """SIGTERM and SIGINT, from when this is made: :meth:`wait` blocks until one came; a
+    second one exits at once. A flag and a sleep, not an Event: a handler calling Event.set()
+    while the main thread is inside Event.wait() can deadlock on the Event's lock."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.received:
+            os._exit(128 + signum)  # asked twice: do not wait any longer
+        self.received.append(signum)
+
+    def wait(self) -> None:
+        while not self.received:
+            time.sleep(0.2)
 
 
 def seen_store(settings: Settings, redis_client: redis.Redis | None) -> SeenStore:
@@ -140,13 +164,12 @@ def run(settings: Settings, executor: Executor, dispatcher: Dispatcher,
         handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value(),
                                     web_client=WebClient(base_url=settings.slack_api_url,
                                                          timeout=10))
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        signals = StopSignals()
         handler.connect()  # type: ignore[no-untyped-call]
         log.info("slack.socket_mode_connected")
-        stop.wait()
-        stop_socket_mode(handler.client, listeners)
+        signals.wait()
+        if not stop_socket_mode(handler.client, listeners):
+            os._exit(1)  # a listener is stuck: its threads would keep the process alive
         return
     if settings.slack_signing_secret is None:
         raise ValueError("SLACK_SIGNING_SECRET is not set: HTTP mode cannot verify requests")

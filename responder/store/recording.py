@@ -280,6 +280,8 @@ def _opened_entry(group: AlertGroup) -> audit.AuditEntry:
     )
 
 
+#: A sweep can owe records to any number of incidents: their ids go to the database in pieces.
+_IDS_PER_QUERY = 1000
 _MARK_AUDITED = (update(incidents).where(incidents.c.id == bindparam("b_id"))
                  .values(audited_count=bindparam("b_total"), audited_at_ns=bindparam("b_at")))
 
@@ -294,12 +296,14 @@ def _received_entries(conn: Connection, due: Sequence[tuple[str, int, int]],
     conn.execute(_MARK_AUDITED, [{"b_id": incident_id, "b_total": total, "b_at": received_ns}
                                  for incident_id, total, _ in due])
     rules: dict[str, list[str]] = {}
-    for incident_id, rule in conn.execute(
-            select(incident_rules.c.incident_id, incident_rules.c.rule)
-            .where(incident_rules.c.incident_id.in_([incident_id for incident_id, _, _ in due]))
-            .order_by(incident_rules.c.incident_id, incident_rules.c.first_seen_ns,
-                      incident_rules.c.rule)):
-        rules.setdefault(incident_id, []).append(rule)
+    ids = [incident_id for incident_id, _, _ in due]
+    for start in range(0, len(ids), _IDS_PER_QUERY):  # (the drivers' bound-parameter limits)
+        for incident_id, rule in conn.execute(
+                select(incident_rules.c.incident_id, incident_rules.c.rule)
+                .where(incident_rules.c.incident_id.in_(ids[start:start + _IDS_PER_QUERY]))
+                .order_by(incident_rules.c.incident_id, incident_rules.c.first_seen_ns,
+                          incident_rules.c.rule)):
+            rules.setdefault(incident_id, []).append(rule)
     return [audit.AuditEntry(kind="alerts.received", actor=INTAKE_ACTOR, incident_id=incident_id,
                              data={"alerts": total - audited, "total": total,
                                    "rules": rules.get(incident_id, [])})

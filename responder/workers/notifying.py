@@ -270,6 +270,7 @@ def sync_incident(engine: Engine, notifier: Notifier, incident_id: str,
                      .values(chat_channel=posted.channel, chat_ts=posted.ts))
     if gate is not None:
         gate.sent(incident_id, fingerprint(view))
+        gate.posted(channel)  # failures on this channel are no longer in a row
     _share_evidence(engine, notifier, gate, incident_id, posted, settings)
     return posted
 

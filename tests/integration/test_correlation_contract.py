@@ -184,6 +184,32 @@ def test_quiet_incidents_get_their_owed_audit_record_from_the_sweep(
                                "rules": ["Drop and execute new binary in container"]}
 
 
+def test_a_sweep_owing_records_to_more_incidents_than_one_query_takes_writes_each_once(
+    backend_kind: str, request: pytest.FixtureRequest,
+) -> None:
+    settings = make_settings(backend_kind, request, audit_every_seconds=3.0)
+    backends = open_backends(settings)
+    containers = range(1000, 2500)  # 1,500: more than one query's worth of ids
+    first = [a for c in containers for a in _alerts(c, 1)]
+    then = [a for c in containers for a in _alerts(c, 2)]
+    try:
+        started = time.monotonic()
+        backends.recorder.record(first)
+        backends.recorder.record(then)  # owed: within the period
+        assert time.monotonic() - started < 3.0
+        time.sleep(max(0.0, 3.2 - (time.monotonic() - started)))
+        assert backends.recorder.flush_audit() == len(containers)
+        with backends.engine.connect() as conn:
+            received = [r for r in audit.iter_records(conn) if r.kind == "alerts.received"]
+            assert audit.verify(conn).ok
+    finally:
+        backends.close()
+    assert len({r.incident_id for r in received}) == len(containers)
+    assert all(r.data == {"alerts": 2, "total": 3,
+                          "rules": ["Drop and execute new binary in container"]}
+               for r in received)
+
+
 def test_many_threads_open_one_incident_per_container_with_exact_counts(
     backends: Backends,
 ) -> None:

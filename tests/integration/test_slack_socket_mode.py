@@ -308,8 +308,18 @@ def test_the_bot_exits_when_slack_refuses_its_app_token(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30  # at once, not after retries
 
 
-def test_a_stopped_bot_finishes_an_acked_click_before_it_closes_the_socket_and_exits(
-        tmp_path: Path) -> None:
+@dataclass
+class Stopped:
+    code: int
+    output: str
+    seconds: float  # from the (first) signal to the exit
+    ended: float  # time.monotonic() at the exit
+    slack: FakeSlack
+
+
+def _stop_during_a_slow_click(tmp_path: Path, signals: int) -> Stopped:
+    """A Socket Mode bot acks a click whose work after the ack takes 3 s (telling the user
+    that no approval waits under that id, on a delayed Slack call); then ``signals`` SIGTERMs."""
     with FakeSlack() as slack, FakeSocketMode(slack) as socket:
         slack.add_channel(CHANNEL)
         env = base_env({"DRIFT_DATA_DIR": str(tmp_path), "SLACK_BOT_TOKEN": "xoxb-test",
@@ -320,13 +330,14 @@ def test_a_stopped_bot_finishes_an_acked_click_before_it_closes_the_socket_and_e
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             connection = socket.wait_connected(timeout=60)
-            # The click's work after its ack (telling the user no approval waits under that
-            # id) takes 3 s: the stop must wait for it rather than cut it short.
             slack.delay("chat.postEphemeral", 3.0)
             envelope = socket.interactive(interactive_payload(block_actions_payload(
                 ALICE, "drift:isolate", "no-such-approval", slack.channel_id(CHANNEL), "1.0")))
             socket.wait_ack(envelope, timeout=10)
-            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            for _ in range(signals):
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
             code = proc.wait(timeout=60)
             ended = time.monotonic()
             output = proc.stdout.read() if proc.stdout else ""
@@ -335,10 +346,23 @@ def test_a_stopped_bot_finishes_an_acked_click_before_it_closes_the_socket_and_e
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert code == 0, output[-3000:]
-    [told] = slack.calls("chat.postEphemeral")
+    return Stopped(code, output, ended - started, ended, slack)
+
+
+def test_a_stopped_bot_finishes_an_acked_click_before_it_closes_the_socket_and_exits(
+        tmp_path: Path) -> None:
+    stopped = _stop_during_a_slow_click(tmp_path, signals=1)
+    assert stopped.code == 0, stopped.output[-3000:]
+    [told] = stopped.slack.calls("chat.postEphemeral")
     assert told.args["user"] == ALICE
     assert "No approval is waiting" in told.args["text"]
     assert told.answered_at is not None
-    assert told.answered_at < ended  # the bot was still there for the answer
-    assert "slack.stopped" in output
+    assert told.answered_at < stopped.ended  # the bot was still there for the answer
+    assert "slack.stopped" in stopped.output
+
+
+def test_a_second_stop_signal_makes_the_bot_exit_at_once(tmp_path: Path) -> None:
+    stopped = _stop_during_a_slow_click(tmp_path, signals=2)
+    assert stopped.code == 128 + signal.SIGTERM, stopped.output[-3000:]
+    assert stopped.seconds < 2.5  # not after the click's 3 s
+    assert "slack.stopped" not in stopped.output

@@ -194,6 +194,31 @@ def test_failed_posts_keep_their_place_and_pause_the_channel_longer_in_a_row_the
     assert bucket.failed(granted, "a") == ratelimit.FAILURE_PAUSE_S
 
 
+def test_a_burst_failing_together_counts_once_and_a_post_that_goes_through_ends_the_row(
+        bucket: ChannelBucket, clock: Clock) -> None:
+    burst = [bucket.turn(CHANNEL, name) for name in "abc"]
+    assert kinds(burst) == ["post"] * 3
+    # All three were in flight when Slack went down: one failure, one pause.
+    assert [bucket.failed(turn, name) for turn, name in zip(burst, "abc", strict=True)] == [
+        1.0, 1.0, 1.0]
+    assert bucket.waiting(CHANNEL) == ["a", "b", "c"]
+    clock.advance(2.0)  # the pause, then a token
+    again = bucket.poll("a")
+    assert again is not None
+    assert again.kind == "post"
+    assert bucket.failed(again, "a") == 2.0  # the second in a row
+    clock.advance(3.0)
+    again = bucket.poll("a")
+    assert again is not None
+    assert again.kind == "post"
+    bucket.posted(CHANNEL)  # it went through
+    clock.advance(1.0)
+    turn = bucket.poll("b")
+    assert turn is not None
+    assert turn.kind == "post"
+    assert bucket.failed(turn, "b") == ratelimit.FAILURE_PAUSE_S  # a new row
+
+
 def test_a_token_not_used_goes_back_and_the_place_too(bucket: ChannelBucket) -> None:
     for n in range(2):
         bucket.turn(CHANNEL, f"i{n}")

@@ -209,13 +209,28 @@ def restore_turn(state: Json, incident: str, turn: Turn, now_ms: int, limits: Sl
 def failed_turn(state: Json, incident: str, turn: Turn, now_ms: int,
                 limits: SlackLimits) -> float:
     """A granted post that Slack failed (5xx, network): the incident keeps its place and the
-    channel pauses, longer each time in a row (see FAILURE_PAUSE_S). -> the pause."""
-    recent = now_ms - int(state.get("fat", 0)) <= FAILURE_MEMORY_MS
-    failures = (int(state.get("f", 0)) if recent else 0) + 1
-    state["f"], state["fat"] = failures, now_ms
-    pause_s = min(MAX_FAILURE_PAUSE_S, FAILURE_PAUSE_S * 2.0 ** (failures - 1))
+    channel pauses, longer each time in a row (see FAILURE_PAUSE_S). Posts granted before the
+    pause that fail during it (a burst in flight when Slack went down) count as one failure.
+    -> the pause from now."""
+    paused_until = int(state.get("at", 0))
+    if paused_until > now_ms and int(state.get("f", 0)) > 0:
+        pause_s = (paused_until - now_ms) / 1000
+    else:
+        recent = now_ms - int(state.get("fat", 0)) <= FAILURE_MEMORY_MS
+        failures = (int(state.get("f", 0)) if recent else 0) + 1
+        state["f"], state["fat"] = failures, now_ms
+        pause_s = min(MAX_FAILURE_PAUSE_S, FAILURE_PAUSE_S * 2.0 ** (failures - 1))
     restore_turn(state, incident, turn, now_ms, limits, pause_s)
     return pause_s
+
+
+def posted_turn(state: Json) -> bool:
+    """A first post went through: failures are no longer in a row. -> whether state changed."""
+    if "f" not in state:
+        return False
+    state.pop("f", None)
+    state.pop("fat", None)
+    return True
 
 
 def pause(bucket: Json, now_ms: int, pause_s: float) -> None:
@@ -496,6 +511,16 @@ class ChannelBucket:
             return {chan: state, index: turn.channel}, paused
 
         return self.state.transact([chan, index], fn, STATE_TTL_MS)
+
+    def posted(self, channel: str) -> None:
+        """A first post went through (after a failure, the next one pauses 1 s again)."""
+        chan = self.channel_key(channel)
+
+        def fn(values: Values) -> tuple[Changes, None]:
+            state = values[chan] or {}
+            return ({chan: state} if posted_turn(state) else {}), None
+
+        self.state.transact([chan], fn, STATE_TTL_MS)
 
     def refund(self, channel: str) -> None:
         """A granted token that was not used (someone else had posted already)."""
