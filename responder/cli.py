@@ -457,7 +457,8 @@ def _executor(ctx: click.Context) -> Any:
     app = make_celery(settings)
     executor = Executor(backends.engine, load_all(settings.plugin_module_list),
                         CeleryDispatcher(app), grace_s=settings.lease_grace_seconds,
-                        agent_stale_s=settings.agent_stale_seconds)
+                        agent_stale_s=settings.agent_stale_seconds,
+                        identities=settings.identity_map)
     return app, executor, backends
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from responder.models.identities import Identities
+
 
 class CorrelationKeyKind(StrEnum):
     CONTAINER = "container"
@@ -90,6 +92,10 @@ class Settings(BaseSettings):
     slack_channel: str = Field(default="#drift-alerts", description="Default prompt channel.")
     slack_namespace_channels: str = Field(
         default="", description="Per-namespace routes: 'ns=#channel,ns2=#other'.")
+    identities: str = Field(
+        default="", description="Who is who across transports, for the two-person rule: "
+        "'alice=slack:U01ABC,os:alice; bob=slack:U02DEF,os:bob'. Unlisted principals count "
+        "as people of their own.")
     slack_command_users: str = Field(
         default="", description="Who may use /drift isolate|release|evict: user ids and "
         "slack-group:<handle> entries, comma-separated.")
@@ -139,6 +145,16 @@ class Settings(BaseSettings):
         "writes their hit counts.")
     plugin_modules: str = Field(default="", description="Extra plug-in modules to import "
                                 "(comma-separated), besides the entry point group.")
+
+    @field_validator("identities")
+    @classmethod
+    def _identities_parse(cls, value: str) -> str:
+        Identities.parse(value)  # refuse a bad mapping at start-up, not at the first vote
+        return value
+
+    @property
+    def identity_map(self) -> Identities:
+        return Identities.parse(self.identities)
 
     @field_validator("correlation_key")
     @classmethod

@@ -30,6 +30,7 @@ from responder.conducting.conductor import conduct
 from responder.conducting.conductor import scope as conductor_scope
 from responder.conducting.dispatching import Dispatcher
 from responder.conducting.state import RETRY_WAIT, RUNNING, WAITING, RunState
+from responder.models.identities import Identities
 from responder.models.times import format_ns, now_ns
 from responder.playbooks import expressions
 from responder.playbooks.schema import Playbook
@@ -72,12 +73,13 @@ def worker_identity() -> str:
 class Executor:
     def __init__(self, engine: Engine, registry: Registry, dispatcher: Dispatcher, *,
                  owner: str | None = None, grace_s: float = DISPATCH_GRACE_S,
-                 agent_stale_s: float = 20.0) -> None:
+                 agent_stale_s: float = 20.0, identities: Identities | None = None) -> None:
         self.grace_ns = int(grace_s * NS)
         self.agent_stale_ns = int(agent_stale_s * NS)
         self.engine = engine
         self.registry = registry
         self.dispatcher = dispatcher
+        self.identities = identities or Identities()
         self._owner = owner
         self._specs: dict[str, Playbook] = {}
 
@@ -339,7 +341,8 @@ class Executor:
             first_vote = False
             if option in params.get("two_person", []):
                 earlier = [v["by"] for v in approval.votes if v["option"] == option]
-                same_person = any(v.get("principal", v["by"]) == principal
+                person = self.identities.person
+                same_person = any(person(v.get("principal", v["by"])) == person(principal)
                                   for v in approval.votes if v["option"] == option)
                 if actor in earlier or same_person:
                     return DecisionOutcome(False, f"{actor} already voted for {option}; "

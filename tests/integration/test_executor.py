@@ -11,6 +11,7 @@ import pytest
 from responder.intake.backends import Backends, open_backends
 from responder.intake.planning import RunPlanner
 from responder.models.alerts import parse_alert
+from responder.models.identities import Identities
 from responder.playbooks.schema import Playbook
 from responder.plugins.registry import load_all
 from responder.store import runs
@@ -117,5 +118,44 @@ def test_one_person_cannot_satisfy_the_two_person_rule_under_two_names(
         other = executor.decide(incident_id=incident, option="evict", actor="cli:c",
                                 principal="os:bob")
         assert other.decided
+    finally:
+        backends.close()
+
+
+TWO_TRANSPORTS = Playbook.model_validate({
+    "name": "two-person", "match": {"rules": ["Drop and execute new binary in container"]},
+    "steps": [{"id": "ask", "uses": "core.approval",
+               "with": {"options": ["evict", "dismiss"], "approvers": ["cli:*", "slack:*"],
+                        "two_person": ["evict"]}}],
+})
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_one_person_voting_in_slack_and_with_the_cli_counts_once_when_identities_say_so(
+    backend_kind: str, request: pytest.FixtureRequest, mapped: bool,
+) -> None:
+    sent = RecordingDispatcher()
+    backends = open_backends(make_settings(backend_kind, request),
+                             planner=RunPlanner([TWO_TRANSPORTS]), dispatcher=sent)
+    people = Identities.parse("alice=slack:U01ALICE,os:alice" if mapped else "")
+    try:
+        executor = Executor(backends.engine, load_all(), sent, grace_s=0.2, identities=people)
+        recorded = backends.recorder.record([parse_alert(drift_alert(10))])
+        [run_id] = recorded.runs
+        executor.start(run_id)
+        [incident] = recorded.incidents
+        in_slack = executor.decide(incident_id=incident, option="evict", actor="slack:U01ALICE")
+        assert in_slack.ok
+        assert not in_slack.decided
+        with_cli = executor.decide(incident_id=incident, option="evict", actor="cli:alice",
+                                   principal="os:alice")
+        if mapped:
+            assert not with_cli.ok
+            assert "second, different approver" in with_cli.message
+            bob = executor.decide(incident_id=incident, option="evict", actor="cli:bob",
+                                  principal="os:bob")
+            assert bob.decided
+        else:  # nothing says os:alice is slack:U01ALICE: two people as far as we can tell
+            assert with_cli.decided
     finally:
         backends.close()
