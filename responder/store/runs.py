@@ -83,11 +83,16 @@ def runs_for_incident(conn: Connection, incident_id: str) -> list[RunRecord]:
     return [_record(r) for r in rows]
 
 
-def pending_runs(conn: Connection, *, untouched_since_ns: int, limit: int = 100) -> list[str]:
-    """Runs still pending whose start was last sent (or created) before the given time."""
-    rows = conn.execute(select(runs.c.id).where(runs.c.status == "pending",
-                                                runs.c.updated_ns <= untouched_since_ns)
-                        .order_by(runs.c.updated_ns).limit(limit))
+def pending_runs(conn: Connection, *, untouched_since_ns: int, now_ns: int,
+                 limit: int = 100) -> list[str]:
+    """Runs still pending whose start was last sent (or created) before the given time, and
+    at least half their age ago: a start waiting behind a backlog is sent again after 2, 4,
+    8... quiet periods, not once every period (which multiplied the backlog)."""
+    rows = conn.execute(select(runs.c.id).where(
+        runs.c.status == "pending", runs.c.updated_ns <= untouched_since_ns,
+        # now - updated >= (now - created) / 2, in integers
+        runs.c.updated_ns * 2 <= runs.c.created_ns + now_ns,
+    ).order_by(runs.c.updated_ns).limit(limit))
     return [r.id for r in rows]
 
 

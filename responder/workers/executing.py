@@ -399,11 +399,11 @@ class Executor:
         now = now_ns()
         counts = {"started": 0, "redispatched": 0, "timed_out": 0, "retried": 0, "expired": 0,
                   "dropped": 0}
-        # A start still pending after two grace periods was probably lost; re-sent at most once
-        # a period (the touch), so that a backlog in the queue is not multiplied by the beat.
+        # A start still pending after two grace periods was probably lost; re-sent after 2, 4,
+        # 8... periods (the touch), so that a backlog in the queue is not multiplied by the beat.
         quiet_ns = 2 * self.grace_ns
         with self.engine.connect() as conn:
-            pending = runs.pending_runs(conn, untouched_since_ns=now - quiet_ns)
+            pending = runs.pending_runs(conn, untouched_since_ns=now - quiet_ns, now_ns=now)
             leases = runs.expired_leases(conn, now_ns=now)
             due = runs.due_runs(conn, now_ns=now)
             approvals = runs.expired_approvals(conn, now_ns=now)

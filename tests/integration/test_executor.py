@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -70,6 +71,24 @@ def test_the_beat_resends_a_lost_start_once_a_period_not_every_sweep(setup: Any)
     assert executor.sweep()["started"] == 1
     assert executor.sweep()["started"] == 0  # just re-sent: not again at the next sweep
     assert sent.sent == [("start", run_id)]
+
+
+def test_a_start_that_stays_pending_is_resent_less_and_less_often(setup: Any) -> None:
+    backends, executor, sent = setup
+    [run_id] = backends.recorder.record([parse_alert(drift_alert(5))]).runs
+    sent.sent.clear()
+    resent_at: list[float] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:
+        if executor.sweep()["started"]:
+            resent_at.append(time.monotonic() - started)
+        time.sleep(0.02)
+    # Two grace periods (0.4 s) after its creation, then at twice and four times that age
+    # (0.8 s, 1.6 s; next 3.2 s): not once every 0.4 s (6 times by now), a backlog's multiplier.
+    assert sent.sent == [("start", run_id)] * len(resent_at)
+    assert len(resent_at) == 3, resent_at
+    first_gap, second_gap = (b - a for a, b in itertools.pairwise(resent_at))
+    assert first_gap < second_gap, resent_at
 
 
 def test_an_unclaimed_step_is_resent_with_backoff_and_never_timed_out(setup: Any) -> None:
