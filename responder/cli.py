@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from responder.intake import backends as backends_mod
 from responder.intake.parsing import BatchRejected, BodyError, parse_body
 from responder.models.times import format_ns
 from responder.settings import Settings
+from responder.stopping import StopSignals
 from responder.store import audit, incidents, migrating
 from responder.store import runs as runs_store
 
@@ -145,16 +145,10 @@ def consume(ctx: click.Context, key: str, name: str | None, batch_size: int) -> 
     consumer = ListConsumer(client, backends.recorder, key=key, name=name,
                             batch_size=batch_size, prefix=settings.redis_prefix,
                             max_item_bytes=settings.max_body_bytes)
-    stopping = {"now": False}
-
-    def stop(*_: Any) -> None:
-        stopping["now"] = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopSignals()
     err.print(f"consuming list {key!r} as {consumer.name!r}")
     _freeze_startup_objects()
-    stats = consumer.run(should_stop=lambda: stopping["now"])
+    stats = consumer.run(should_stop=lambda: stop.requested)
     err.print(f"stopped: {stats.recorded} alerts recorded in {stats.batches} batches, "
               f"{stats.dead_lettered} dead-lettered to {consumer.dead_key!r}")
 
@@ -643,18 +637,10 @@ def agent_list(ctx: click.Context) -> None:
 @click.pass_context
 def beat(ctx: click.Context, interval: float, once: bool) -> None:
     """Sweep deadlines kept in the store: lost starts, expired leases, retries, expiries."""
-    import time as time_mod
-
     _, executor, backends = _executor(ctx)
-    stopping = {"now": False}
-
-    def stop(*_: Any) -> None:
-        stopping["now"] = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopSignals()
     err.print(f"beat: {backends.describe()}", markup=False)
-    while not stopping["now"]:
+    while not stop.requested:
         try:
             counts = executor.sweep()
             backends.recorder.flush_audit()
@@ -666,7 +652,7 @@ def beat(ctx: click.Context, interval: float, once: bool) -> None:
             err.print(f"sweep failed: {exc!r}", markup=False)
         if once:
             return
-        time_mod.sleep(interval)
+        stop.wait(interval)
 
 
 @main.command()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from responder.settings import Settings
+from responder.stopping import StopSignals
 
 
 @dataclass
@@ -152,15 +153,9 @@ class Launcher:
 
     def supervise(self) -> int:
         """Until a signal (0) or a child's exit (1)."""
-        stopping = threading.Event()
-
-        def stop(*_: object) -> None:
-            stopping.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        stop = StopSignals()
         try:
-            while not stopping.wait(0.5):
+            while not stop.wait(0.5):
                 gone = self.exited()
                 if gone is not None:
                     assert gone.process is not None

@@ -12,9 +12,11 @@ the soak suites and those variants with `-m soak`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -192,8 +194,18 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@contextlib.contextmanager
+def opened_backends(backend_kind: str, request: pytest.FixtureRequest,
+                    **overrides: Any) -> Iterator[Backends]:
+    """The test's backends with these settings (see make_settings), closed afterwards."""
+    opened = open_backends(make_settings(backend_kind, request, **overrides))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
 @pytest.fixture
 def backends(backend_kind: str, request: pytest.FixtureRequest) -> Iterator[Backends]:
-    opened = open_backends(make_settings(backend_kind, request))
-    yield opened
-    opened.close()
+    with opened_backends(backend_kind, request) as opened:
+        yield opened

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
@@ -33,6 +31,7 @@ from bots.slack.replay import MemorySeen, RedisSeen, ReplayGuard, SeenStore
 from bots.slack.slash import SlashCommands
 from responder.conducting.dispatching import Dispatcher
 from responder.settings import Settings
+from responder.stopping import StopSignals
 from responder.workers.executing import Executor
 
 log = structlog.get_logger("drift.slack")
@@ -96,26 +95,6 @@ def stop_socket_mode(client: SocketModeClient, listeners: ThreadPoolExecutor,
     return True
 
 
-class StopSignals:
-    """SIGTERM and SIGINT, from when this is made: :meth:`wait` blocks until one came; a
-    second one exits at once. A flag and a sleep, not an Event: a handler calling Event.set()
-    while the main thread is inside Event.wait() can deadlock on the Event's lock."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.received:
-            os._exit(128 + signum)  # asked twice: do not wait any longer
-        self.received.append(signum)
-
-    def wait(self) -> None:
-        while not self.received:
-            time.sleep(0.2)
-
-
 def seen_store(settings: Settings, redis_client: redis.Redis | None) -> SeenStore:
     if settings.redis_url and redis_client is not None:
         return RedisSeen(redis_client, settings.redis_prefix)
@@ -164,7 +143,7 @@ def run(settings: Settings, executor: Executor, dispatcher: Dispatcher,
         handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value(),
                                     web_client=WebClient(base_url=settings.slack_api_url,
                                                          timeout=10))
-        signals = StopSignals()
+        signals = StopSignals(second_exits=True)
         handler.connect()  # type: ignore[no-untyped-call]
         log.info("slack.socket_mode_connected")
         signals.wait()

@@ -32,6 +32,7 @@ _RUNTIME_PREFIX = re.compile(r"^[a-z0-9.-]+://")
 MAX_OUTPUT_FIELDS = 1024
 # Lengths the model and the hand-written check (_parse_plain) both enforce.
 MAX_UUID = 128
+MAX_CONTAINER_ID = 128  # as sent, when it is not a runtime id (cut to this, then checked)
 MAX_RULE = 1024
 MAX_TEXT = 256 * 1024  # output, message
 MAX_LABEL = 256  # source, hostname
@@ -212,19 +213,33 @@ def parse_alert(item: object, raw: RawJson | None = None) -> Alert:
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
 _NO_FIELDS: dict[str, Any] = {}
 _NO_TAGS: list[str] = []
-#: Priority spellings seen (exact text -> level), so that a storm's alerts skip the parsing.
-_PRIORITY_TEXT: dict[str, Priority] = {}
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
+# Values a storm repeats, kept once: priority spellings (exact text -> level), container ids as
+# sent -> normalised, tag lists, rule names, and contexts (node, container name, namespace,
+# pod, pod uid, image) already checked against their column limits.
+_PRIORITY_TEXT: dict[str, Priority] = {}
+_CONTAINER_IDS: dict[tuple[FieldValue, FieldValue], tuple[str | None, str | None]] = {}
+_TAGS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_RULES: dict[str, str] = {}
+_CONTEXTS: dict[tuple[str | None, ...], tuple[str | None, ...]] = {}
+#: Bound on each of those caches (emptied when full: hostile variety costs misses, not memory).
+_CACHE_MAX = 8192
+
 
 def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
-    """Keep ``value`` in one of the per-value caches below, which a storm repeats from: bounded
-    (emptied when full), so that hostile variety costs misses, not memory."""
-    if len(cache) >= _SHARED_MAX:
+    """Keep ``value`` under ``key`` in one of the caches above."""
+    if len(cache) >= _CACHE_MAX:
         cache.clear()
     cache[key] = value
     return value
+
+
+def _one_copy(cache: dict[_K, _K], value: _K) -> _K:
+    """The copy of ``value`` that ``cache`` keeps (``value`` itself the first time)."""
+    kept = cache.get(value)
+    return _remember(cache, value, value) if kept is None else kept
 
 
 def _parse_plain(item: dict[str, Any], raw: RawJson | None) -> Alert | None:
@@ -309,10 +324,6 @@ def _parse_by_model(item: object, raw: RawJson | None) -> Alert:
     return normalise(payload, item, raw)
 
 
-#: Bound on each of the caches below of values a storm repeats (emptied when full).
-_SHARED_MAX = 8192
-
-
 def normalise(payload: FalcoPayload, item: dict[str, Any], raw: RawJson | None) -> Alert:
     fields = payload.output_fields
     return _normalised(item, _json_text(item) if raw is None else raw, payload.uuid,
@@ -349,32 +360,19 @@ def _normalised(item: dict[str, Any], raw: RawJson, uuid: str | None, rule: str,
             raise InvalidAlert(problems)
         known = _remember(_CONTEXTS, context, context)
     node, name, namespace, pod, pod_uid, image = known
-    tag_tuple = tuple(tags)
-    shared_tags = _SHARED_TAGS.get(tag_tuple)
-    if shared_tags is None:
-        shared_tags = _remember(_SHARED_TAGS, tag_tuple, tag_tuple)
-    shared_rule = _RULES.get(rule)
-    if shared_rule is None:
-        shared_rule = _remember(_RULES, rule, rule)
     return Alert(
-        uuid or stable_alert_id(item), shared_rule, priority, time_ns, output,
-        _text(source), node, shared_tags, fields, short_id, full_id, name, namespace, pod,
-        pod_uid, image, raw,
+        uuid or stable_alert_id(item), _one_copy(_RULES, rule), priority, time_ns, output,
+        _text(source), node, _one_copy(_TAGS, tuple(tags)), fields, short_id, full_id, name,
+        namespace, pod, pod_uid, image, raw,
     )
-
-
-#: Tag lists, rule names and contexts (node, container name, namespace, pod, pod uid, image)
-#: seen recently: a storm's alerts carry the same few.
-_SHARED_TAGS: dict[tuple[str, ...], tuple[str, ...]] = {}
-_RULES: dict[str, str] = {}
-_CONTEXTS: dict[tuple[str | None, ...], tuple[str | None, ...]] = {}
 
 
 def _bounded(uuid: str | None, rule: str, short_id: str | None) -> bool:
     """The per-alert values within their column limits (the context is checked apart)."""
     return ((uuid is None or (len(uuid) <= MAX_UUID and "\x00" not in uuid))
             and len(rule) <= MAX_RULE and "\x00" not in rule
-            and (short_id is None or (len(short_id) <= 128 and "\x00" not in short_id)))
+            and (short_id is None or (len(short_id) <= MAX_CONTAINER_ID
+                                      and "\x00" not in short_id)))
 
 
 def _bound_problems(uuid: str | None, rule: str, short_id: str | None,
@@ -383,7 +381,7 @@ def _bound_problems(uuid: str | None, rule: str, short_id: str | None,
     database error); nothing -> []."""
     node, name, namespace, pod, pod_uid, image = context
     bounded = (("uuid", uuid, MAX_UUID), ("rule", rule, MAX_RULE), ("hostname", node, 253),
-               ("output_fields['container.id']", short_id, 128),
+               ("output_fields['container.id']", short_id, MAX_CONTAINER_ID),
                ("output_fields['container.name']", name, 256),
                ("output_fields['k8s.ns.name']", namespace, 253),
                ("output_fields['k8s.pod.name']", pod, 253),
@@ -420,10 +418,6 @@ def _depth_exceeds(value: object, limit: int) -> bool:
     return False
 
 
-#: (container.id, container.full_id) as sent -> the normalised pair: a storm repeats a few.
-_CONTAINER_IDS: dict[tuple[FieldValue, FieldValue], tuple[str | None, str | None]] = {}
-
-
 def _container_ids(short_sent: FieldValue,
                    full_sent: FieldValue) -> tuple[str | None, str | None]:
     if type(short_sent) is list or type(full_sent) is list:  # not hashable, and never an id
@@ -456,7 +450,7 @@ def _container_text(value: FieldValue) -> str | None:
         return None
     text = _RUNTIME_PREFIX.sub("", text.strip().lower())
     # Falco reports events outside any container as container.id "host".
-    return None if text in ("", "host") else text[:128]
+    return None if text in ("", "host") else text[:MAX_CONTAINER_ID]
 
 
 def _image(fields: dict[str, FieldValue]) -> str | None:

@@ -8,7 +8,6 @@ into aggregated ``alerts.received`` records, so a storm does not grow the audit 
 
 from __future__ import annotations
 
-import operator
 from collections import Counter
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
@@ -327,23 +326,23 @@ def flush_received(conn: Connection, *, now_ns: int, policy: RecordingPolicy) ->
 
 _CONTEXT_FIELDS = ("namespace", "pod", "pod_uid", "node", "container_id", "container_full_id",
                    "container_name", "image")
-_CONTEXT_OF = operator.attrgetter(*_CONTEXT_FIELDS)
-_ALERT_INDEX = {name: Alert._fields.index(name) for name in _CONTEXT_FIELDS}
+_CONTEXT_AT = tuple((name, Alert._fields.index(name)) for name in _CONTEXT_FIELDS)
 _PG_INCIDENT_COLUMNS = ("id", "key", "alert_count", "priority_rank", "first_alert_id",
                         "first_seen_ns", "last_seen_ns", *_CONTEXT_FIELDS)
 
 
 def _first_known(alerts: Sequence[Alert]) -> dict[str, Any]:
     """Each context field from the first alert that has it (older alerts may lack some)."""
-    found = list(_CONTEXT_OF(alerts[0]))
-    if None in found and len(alerts) > 1:
-        # Usually a field no alert of the group has (a pod uid Falco was not asked for): look
-        # each missing one up alone rather than every field of every alert.
-        for position, name in enumerate(_CONTEXT_FIELDS):
-            if found[position] is None:
-                index = _ALERT_INDEX[name]
-                found[position] = next((v for a in alerts if (v := a[index]) is not None), None)
-    return dict(zip(_CONTEXT_FIELDS, found, strict=True))
+    first = alerts[0]
+    found: dict[str, Any] = {}
+    for name, index in _CONTEXT_AT:
+        value = first[index]
+        if value is None:
+            # Usually a field no alert of the group has (a pod uid Falco was not asked for):
+            # looked up alone, not every field of every alert.
+            value = next((v for a in alerts if (v := a[index]) is not None), None)
+        found[name] = value
+    return found
 
 
 def _rule_rows(groups: Sequence[AlertGroup]) -> list[dict[str, Any]]:

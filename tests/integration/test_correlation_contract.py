@@ -16,7 +16,7 @@ from responder.models.alerts import parse_alert
 from responder.settings import Settings
 from responder.store import audit, incidents
 from responder.store.schema import incidents as incidents_table
-from tests.conftest import make_settings
+from tests.conftest import opened_backends
 from tests.support.samples import drift_alert
 
 
@@ -49,15 +49,11 @@ def test_different_containers_open_different_incidents(backends: Backends) -> No
 def test_an_alert_after_the_window_opens_a_new_incident(
     backend_kind: str, request: pytest.FixtureRequest,
 ) -> None:
-    settings = make_settings(backend_kind, request, correlation_window_seconds=1.0)
-    backends = open_backends(settings)
-    try:
+    with opened_backends(backend_kind, request, correlation_window_seconds=1.0) as backends:
         first = backends.recorder.record(_alerts(7, 1))
         again = backends.recorder.record(_alerts(7, 1))
         time.sleep(1.5)
         later = backends.recorder.record(_alerts(7, 1))
-    finally:
-        backends.close()
     assert first.incidents == again.incidents
     assert later.incidents != first.incidents
     assert later.opened == later.incidents
@@ -115,16 +111,12 @@ def test_sample_keeps_the_first_and_the_last_alerts(backends: Backends) -> None:
 def test_a_storm_is_audited_in_aggregate_not_per_alert(
     backend_kind: str, request: pytest.FixtureRequest,
 ) -> None:
-    settings = make_settings(backend_kind, request, audit_every_alerts=100)
-    backends = open_backends(settings)
-    try:
+    with opened_backends(backend_kind, request, audit_every_alerts=100) as backends:
         for _ in range(50):
             backends.recorder.record(_alerts(5, 10))
         with backends.engine.connect() as conn:
             records = list(audit.iter_records(conn))
             assert audit.verify(conn).ok
-    finally:
-        backends.close()
     kinds = [r.kind for r in records]
     assert kinds[0] == "incident.opened"
     assert kinds.count("incident.opened") == 1
@@ -138,9 +130,7 @@ def test_a_storm_is_audited_in_aggregate_not_per_alert(
 def test_incidents_due_in_one_write_each_get_their_own_received_record_in_order(
     backend_kind: str, request: pytest.FixtureRequest,
 ) -> None:
-    settings = make_settings(backend_kind, request, audit_every_alerts=3)
-    backends = open_backends(settings)
-    try:
+    with opened_backends(backend_kind, request, audit_every_alerts=3) as backends:
         shell = "Terminal shell in container"
         backends.recorder.record(_alerts(7, 1) + _alerts(8, 1, rule=shell) + _alerts(9, 1))
         backends.recorder.record(_alerts(7, 1, rule=shell))  # 7 has two rules now
@@ -151,8 +141,6 @@ def test_incidents_due_in_one_write_each_get_their_own_received_record_in_order(
             records = list(audit.iter_records(conn))
             keys = {v.id: v.key for v in incidents.list_incidents(conn)}
             assert audit.verify(conn).ok
-    finally:
-        backends.close()
     last_write = records[3:]
     by_key = {keys[r.incident_id].removeprefix("container:")[:12]: r for r in last_write}
     assert sorted(by_key) == [f"{c:012x}" for c in (7, 8, 10)]
@@ -167,9 +155,7 @@ def test_incidents_due_in_one_write_each_get_their_own_received_record_in_order(
 def test_quiet_incidents_get_their_owed_audit_record_from_the_sweep(
     backend_kind: str, request: pytest.FixtureRequest,
 ) -> None:
-    settings = make_settings(backend_kind, request, audit_every_seconds=1.0)
-    backends = open_backends(settings)
-    try:
+    with opened_backends(backend_kind, request, audit_every_seconds=1.0) as backends:
         backends.recorder.record(_alerts(6, 1))
         backends.recorder.record(_alerts(6, 4))  # within the period: no record yet
         time.sleep(1.2)
@@ -177,8 +163,6 @@ def test_quiet_incidents_get_their_owed_audit_record_from_the_sweep(
         assert backends.recorder.flush_audit() == 0  # nothing owed twice
         with backends.engine.connect() as conn:
             records = list(audit.iter_records(conn))
-    finally:
-        backends.close()
     assert [r.kind for r in records] == ["incident.opened", "alerts.received"]
     assert records[1].data == {"alerts": 4, "total": 5,
                                "rules": ["Drop and execute new binary in container"]}
@@ -187,12 +171,10 @@ def test_quiet_incidents_get_their_owed_audit_record_from_the_sweep(
 def test_a_sweep_owing_records_to_more_incidents_than_one_query_takes_writes_each_once(
     backend_kind: str, request: pytest.FixtureRequest,
 ) -> None:
-    settings = make_settings(backend_kind, request, audit_every_seconds=3.0)
-    backends = open_backends(settings)
     containers = range(1000, 2500)  # 1,500: more than one query's worth of ids
     first = [a for c in containers for a in _alerts(c, 1)]
     then = [a for c in containers for a in _alerts(c, 2)]
-    try:
+    with opened_backends(backend_kind, request, audit_every_seconds=3.0) as backends:
         started = time.monotonic()
         backends.recorder.record(first)
         backends.recorder.record(then)  # owed: within the period
@@ -202,8 +184,6 @@ def test_a_sweep_owing_records_to_more_incidents_than_one_query_takes_writes_eac
         with backends.engine.connect() as conn:
             received = [r for r in audit.iter_records(conn) if r.kind == "alerts.received"]
             assert audit.verify(conn).ok
-    finally:
-        backends.close()
     assert len({r.incident_id for r in received}) == len(containers)
     assert all(r.data == {"alerts": 2, "total": 3,
                           "rules": ["Drop and execute new binary in container"]}
@@ -275,8 +255,7 @@ def test_many_processes_open_one_incident_per_container_with_exact_counts(
 def test_redis_losing_its_keys_does_not_split_an_open_incident(
     request: pytest.FixtureRequest, redis_client: Any,
 ) -> None:
-    backends = open_backends(make_settings("production", request))
-    try:
+    with opened_backends("production", request) as backends:
         first = backends.recorder.record(_alerts(9, 2))
         # Redis restarted without persistence: the correlation map is gone, the store is not.
         prefix = backends.settings.redis_prefix
@@ -284,8 +263,6 @@ def test_redis_losing_its_keys_does_not_split_an_open_incident(
             redis_client.delete(key)
         again = backends.recorder.record(_alerts(9, 3))
         assert redis_client.exists(f"{prefix}corr:" + f"container:{9:012x}" + "ab" * 26)
-    finally:
-        backends.close()
     assert again.incidents == first.incidents
     assert again.opened == []
     assert [r.alert_count for r in _incident_rows(backends)] == [5]
